@@ -1,0 +1,120 @@
+"""Time-conditioned networks for vector data (2-D toys, 64-D digits).
+
+* :func:`timestep_embedding`: the sinusoidal embedding of Ho et al. (2020), as in the
+  CS726 report (000_…) and the KAIST assignment (004_…): ``[cos(t ω_k), sin(t ω_k)]``.
+* :class:`TimeLinear`: a linear layer whose output is scaled, feature by feature, by an
+  MLP of the time embedding (KAIST A1's ``TimeLinear``).
+* :class:`TimeLinearMLP`: KAIST A1's ``SimpleNet``; :class:`ConcatMLP`: the CS726 network,
+  the noisy input concatenated with the time embedding.
+
+Every network takes ``(x, t)`` with ``x`` (B, D) and integer ``t`` of shape (B,) or (1,);
+a (1,) timestep is shared by the whole batch (the samplers use this: one embedding per step).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+import torch
+from torch import nn
+
+ModelKind = Literal["timelinear", "concat"]
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding (B,) -> (B, dim): [cos(t ω_0..ω_{h-1}), sin(t ω_0..ω_{h-1})],
+    ω_k = max_period^(-k/h), h = dim // 2 (an odd ``dim`` gets a zero last column)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)  # (h,)
+    args = t.float()[:, None] * freqs[None]  # (B, h)
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)  # (B, 2h)
+    if dim % 2:
+        emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
+    return emb
+
+
+class TimeEmbedding(nn.Module):
+    """Sinusoidal features -> Linear -> SiLU -> Linear (KAIST A1 ``TimeEmbedding``)."""
+
+    def __init__(self, hidden: int, freq_dim: int = 256):
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return self.mlp(timestep_embedding(t.reshape(-1), self.freq_dim))  # (B or 1, hidden)
+
+
+class TimeLinear(nn.Module):
+    """y = (W x + b) ⊙ a(t): a linear layer modulated by an MLP of the time embedding."""
+
+    def __init__(self, dim_in: int, dim_out: int, freq_dim: int = 256):
+        super().__init__()
+        self.fc = nn.Linear(dim_in, dim_out)
+        self.time_embedding = TimeEmbedding(dim_out, freq_dim)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.fc(x) * self.time_embedding(t)  # (B, dim_out) ⊙ (B or 1, dim_out)
+
+
+@dataclass
+class MLPConfig:
+    """A time-conditioned MLP for vector data."""
+
+    kind: ModelKind = "timelinear"  # "timelinear" (KAIST A1) or "concat" (CS726)
+    dim: int = 2  # data dimension D (2 for the toys, 64 for digits64)
+    hidden: tuple[int, ...] = (128, 128, 128)  # hidden widths (KAIST A1: [128, 128, 128])
+    freq_dim: int = 256  # sinusoidal features fed to each time MLP (timelinear) (KAIST: 256)
+    temb_dim: int = 128  # time-embedding width concatenated to x (concat) (CS726: 128)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "hidden": list(self.hidden)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "MLPConfig":
+        return cls(**{**d, "hidden": tuple(d.get("hidden", (128, 128, 128)))})
+
+
+class TimeLinearMLP(nn.Module):
+    """KAIST A1 ``SimpleNet``: [TimeLinear -> SiLU] × len(hidden) -> Linear."""
+
+    def __init__(self, config: MLPConfig):
+        super().__init__()
+        self.config = config
+        dims = [config.dim, *config.hidden]
+        self.layers = nn.ModuleList(TimeLinear(a, b, config.freq_dim) for a, b in zip(dims[:-1], dims[1:]))
+        self.out = nn.Linear(dims[-1], config.dim)
+        self.act = nn.SiLU()
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = self.act(layer(x, t))  # (B, hidden_k)
+        return self.out(x)  # (B, D)
+
+
+class ConcatMLP(nn.Module):
+    """CS726 network: [x, emb(t)] -> (Linear -> SiLU) × len(hidden) -> Linear."""
+
+    def __init__(self, config: MLPConfig):
+        super().__init__()
+        self.config = config
+        dims = [config.dim + config.temb_dim, *config.hidden]
+        layers: list[nn.Module] = []
+        for a, b in zip(dims[:-1], dims[1:]):
+            layers += [nn.Linear(a, b), nn.SiLU()]
+        self.net = nn.Sequential(*layers, nn.Linear(dims[-1], config.dim))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        emb = timestep_embedding(t.reshape(-1), self.config.temb_dim).expand(x.shape[0], -1)  # (B, temb)
+        return self.net(torch.cat([x, emb], dim=-1))  # (B, D)
+
+
+def build_model(config: MLPConfig) -> nn.Module:
+    """The network named by ``config.kind``."""
+    if config.kind == "timelinear":
+        return TimeLinearMLP(config)
+    if config.kind == "concat":
+        return ConcatMLP(config)
+    raise ValueError(f"unknown model kind={config.kind!r}; choose 'timelinear' or 'concat'")

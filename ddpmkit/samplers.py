@@ -1,0 +1,184 @@
+"""Samplers: ancestral DDPM (Algorithm 2 of Ho et al. 2020), its deterministic z = 0
+variant, and DDIM (Song, Meng & Ermon 2021).
+
+Every sampler runs one vectorized loop over timesteps. All coefficients are precomputed
+once on the model's device; inside the loop a step costs one network call plus a few
+fused tensor operations. The network is called as ``model(x, t, **model_kwargs)`` with
+``t`` of shape (1,): one timestep shared by the whole batch (models broadcast it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Literal
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .diffusion import Predictor, check_predictor, convert, randn
+from .schedules import NoiseSchedule
+
+Variance = Literal["beta", "beta_tilde"]
+Spacing = Literal["leading", "trailing", "linspace"]
+
+
+@dataclass
+class SampleOutput:
+    """Final samples and, when recorded, the trajectory x_T, ..., x_0."""
+
+    x: torch.Tensor  # (B, ...) the samples x_0
+    trajectory: list[torch.Tensor] = field(default_factory=list)  # [(B, ...)] on the CPU, x_T first
+    timesteps: list[int] = field(default_factory=list)  # 0-indexed timestep of each recorded state (-1 for x_0)
+
+
+def _prior(shape, x_T, generator, device) -> torch.Tensor:
+    if x_T is not None:
+        return torch.as_tensor(x_T, dtype=torch.float32).to(device).clone()
+    if shape is None:
+        raise ValueError("give either shape=(n, ...) or the prior noise x_T")
+    return randn(tuple(shape), generator, device)
+
+
+def _model_device(model) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except (AttributeError, StopIteration):
+        return torch.device("cpu")
+
+
+def _check_variance(variance: str) -> None:
+    if variance not in ("beta", "beta_tilde"):
+        raise ValueError(f"unknown variance={variance!r}; choose 'beta' (σ²=β_t) or 'beta_tilde' (σ²=β̃_t)")
+
+
+@torch.no_grad()
+def ddpm_sample(
+    model: Callable[..., torch.Tensor],
+    schedule: NoiseSchedule,
+    shape: tuple[int, ...] | None = None,
+    *,
+    x_T: torch.Tensor | np.ndarray | None = None,
+    predictor: Predictor = "eps",
+    variance: Variance = "beta",
+    stochastic: bool = True,
+    clip_x0: tuple[float, float] | None = None,
+    generator: torch.Generator | None = None,
+    record_every: int = 0,
+    progress: bool = False,
+    model_kwargs: dict | None = None,
+) -> SampleOutput:
+    """Ancestral sampling, Algorithm 2 of Ho et al. (2020).
+
+    1. x_T ~ N(0, I) (or the given prior noise ``x_T``)
+    2. for t = T, ..., 1:
+       a. out = net(x_t, t); convert to μ̂_θ(x_t, t)            eqs. (7), (11), (15)
+       b. z ~ N(0, I) if t > 1 and ``stochastic``, else z = 0
+       c. x_{t-1} = μ̂_θ(x_t, t) + σ_t z, σ²_t = β_t or β̃_t      (§3.2)
+    3. return x_0
+
+    ``stochastic=False`` is the deterministic "reproduce" sampler of the CS726 report
+    (000_…): z = 0 at every step, so the same ``x_T`` always gives the same samples.
+    """
+    check_predictor(predictor)
+    _check_variance(variance)
+    device = _model_device(model)
+    s = schedule.to(device)  # float32 copy of every coefficient on the model's device
+    sigma = (s.betas if variance == "beta" else s.posterior_variance).sqrt()  # (T,)
+    kwargs = model_kwargs or {}
+    ts = torch.arange(s.T, device=device).flip(0)  # T-1, ..., 0
+    # 1. the prior
+    x = _prior(shape, x_T, generator, device)  # (B, ...)
+    out = SampleOutput(x=x)
+    if record_every:
+        out.trajectory.append(x.cpu()), out.timesteps.append(s.T - 1)
+    # 2. the reverse chain
+    for i in tqdm(range(s.T), desc="DDPM sampling", disable=not progress, leave=False):
+        t = ts[i : i + 1]  # (1,) shared by the batch
+        tb = t.expand(x.shape[0])  # (B,) view, for the coefficient lookups
+        # 2a. network and parameterization
+        pred = convert(s, predictor, model(x, t, **kwargs), x, tb, clip_x0)
+        x = pred.mean
+        # 2b-c. add noise except at the last step
+        if stochastic and i < s.T - 1:
+            x = x + sigma[s.T - 1 - i] * randn(x.shape, generator, device)
+        if record_every and ((i + 1) % record_every == 0 or i == s.T - 1):
+            out.trajectory.append(x.cpu()), out.timesteps.append(s.T - 2 - i)
+    out.x = x
+    return out
+
+
+def ddim_timesteps(T: int, steps: int, spacing: Spacing = "leading") -> np.ndarray:
+    """The S = ``steps`` timesteps (0-indexed, descending) visited by DDIM.
+
+    * leading:  0, k, 2k, ... with k = T // S (DDIM paper, diffusers' default)
+    * trailing: T-1, T-1-T/S, ... rounded (Lin et al. 2024, always ends at T-1)
+    * linspace: round(linspace(0, T-1, S))
+    """
+    if not isinstance(steps, int) or steps < 1 or steps > T:
+        raise ValueError(f"steps must be an integer in [1, T={T}], got steps={steps!r}")
+    if spacing == "leading":
+        ts = np.arange(steps) * (T // steps)
+    elif spacing == "trailing":
+        ts = np.round(np.arange(T, 0, -T / steps)).astype(np.int64)[:steps][::-1] - 1
+    elif spacing == "linspace":
+        ts = np.round(np.linspace(0, T - 1, steps)).astype(np.int64)
+    else:
+        raise ValueError(f"unknown spacing={spacing!r}; choose 'leading', 'trailing' or 'linspace'")
+    return np.ascontiguousarray(ts[::-1]).astype(np.int64)
+
+
+@torch.no_grad()
+def ddim_sample(
+    model: Callable[..., torch.Tensor],
+    schedule: NoiseSchedule,
+    shape: tuple[int, ...] | None = None,
+    *,
+    steps: int = 50,
+    eta: float = 0.0,
+    spacing: Spacing = "leading",
+    x_T: torch.Tensor | np.ndarray | None = None,
+    predictor: Predictor = "eps",
+    clip_x0: tuple[float, float] | None = None,
+    generator: torch.Generator | None = None,
+    record_every: int = 0,
+    progress: bool = False,
+    model_kwargs: dict | None = None,
+) -> SampleOutput:
+    """DDIM sampling over S = ``steps`` timesteps, Song et al. (2021) eq. (12).
+
+    For consecutive visited steps t > t' (ᾱ_{t'} = 1 after the last step):
+    1. out = net(x_t, t); convert to ε̂ and x̂0                               eq. (15)
+    2. σ_t = η √((1-ᾱ_{t'})/(1-ᾱ_t)) √(1 - ᾱ_t/ᾱ_{t'})                          eq. (16)
+    3. x_{t'} = √ᾱ_{t'} x̂0 + √(1-ᾱ_{t'}-σ_t²) ε̂ + σ_t z                       eq. (12)
+
+    η = 0 is deterministic; η = 1 with S = T is ancestral DDPM with σ² = β̃_t.
+    """
+    check_predictor(predictor)
+    if eta < 0:
+        raise ValueError(f"eta must be >= 0, got eta={eta!r}")
+    device = _model_device(model)
+    s = schedule.to(device)
+    ts = torch.as_tensor(ddim_timesteps(s.T, steps, spacing), device=device)  # (S,) descending
+    abar = s.alphas_cumprod[ts]  # (S,)
+    abar_prev = torch.cat([s.alphas_cumprod[ts[1:]], abar.new_ones(1)])  # (S,)
+    sig = eta * ((1 - abar_prev) / (1 - abar)).sqrt() * (1 - abar / abar_prev).sqrt()  # (S,) eq. (16)
+    c_x0 = abar_prev.sqrt()  # (S,)
+    c_eps = (1 - abar_prev - sig**2).clamp(min=0).sqrt()  # (S,)
+    kwargs = model_kwargs or {}
+    x = _prior(shape, x_T, generator, device)
+    out = SampleOutput(x=x)
+    if record_every:
+        out.trajectory.append(x.cpu()), out.timesteps.append(int(ts[0]))
+    for i in tqdm(range(len(ts)), desc="DDIM sampling", disable=not progress, leave=False):
+        t = ts[i : i + 1]  # (1,)
+        # 1. network and parameterization
+        pred = convert(s, predictor, model(x, t, **kwargs), x, t.expand(x.shape[0]), clip_x0)
+        # 2-3. the DDIM update, eq. (12)
+        x = c_x0[i] * pred.x0 + c_eps[i] * pred.eps
+        if eta > 0 and i < len(ts) - 1:
+            x = x + sig[i] * randn(x.shape, generator, device)
+        if record_every and ((i + 1) % record_every == 0 or i == len(ts) - 1):
+            out.trajectory.append(x.cpu()), out.timesteps.append(int(ts[i + 1]) if i + 1 < len(ts) else -1)
+    out.x = x
+    return out
