@@ -61,3 +61,10 @@ def load_state(path: str | os.PathLike, map_location: str | torch.device = "cpu"
         ) from e
     except (RuntimeError, EOFError, OSError) as e:
         raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt?): {e}") from e
+
+
+def save_npy(array, path: str | os.PathLike) -> None:
+    """``np.save`` atomically (no half-written arrays after a crash)."""
+    import numpy as np
+
+    _atomic_write(Path(path), lambda f: np.save(f, np.asarray(array)))

@@ -1,0 +1,40 @@
+# The two commands of the README: `make book` and `make test`. Everything else is a helper.
+# Each creates .venv on first use and installs the pinned versions of constraints.txt.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+STAMP  := $(VENV)/.installed
+# The venv's python, jupyter-book and kernels come first on PATH (the book's kernel is "python").
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+# The book's size profile: smoke, quick (default) or full. See ddpmkit/profile.py.
+export DDPMKIT_PROFILE ?= quick
+
+.PHONY: book test install bench nbval-refs clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --upgrade pip -q
+	$(VENV)/bin/pip install -c constraints.txt -e ".[book,dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Execute every chapter and write the HTML book to _build/html.
+book: $(STAMP)
+	$(VENV)/bin/jupyter-book build . --warningiserror --keep-going
+	@echo "Book written to _build/html/index.html (profile: $(DDPMKIT_PROFILE))"
+
+## The whole test suite, chapters included (nbval, in the smoke profile).
+test: $(STAMP)
+	DDPMKIT_PROFILE=smoke $(VENV)/bin/python -m pytest tests --nbval-lax -p no:cacheprovider
+
+## Speed of training and sampling on this machine (see benchmarks/README.md).
+bench: $(STAMP)
+	$(VENV)/bin/python benchmarks/bench_mlp.py
+
+## Re-execute the chapters in smoke and store their checked outputs for nbval.
+nbval-refs: $(STAMP)
+	DDPMKIT_PROFILE=smoke $(VENV)/bin/python tests/make_nbval_refs.py
+
+clean:
+	rm -rf _build

@@ -1,0 +1,85 @@
+import numpy as np
+import pytest
+import torch
+
+from ddpmkit.samplers import ddim_sample, ddim_timesteps, ddpm_sample
+from ddpmkit.schedules import NoiseSchedule
+
+
+@pytest.fixture
+def sched():
+    return NoiseSchedule.create("linear", 60, beta_1=1e-4, beta_T=0.1)
+
+
+def test_ddim_eta1_all_steps_equals_ddpm_beta_tilde(tiny_model, sched):
+    a = ddpm_sample(tiny_model, sched, (256, 2), variance="beta_tilde", generator=torch.Generator().manual_seed(3)).x
+    b = ddim_sample(tiny_model, sched, (256, 2), steps=sched.T, eta=1.0, generator=torch.Generator().manual_seed(3)).x
+    assert torch.allclose(a, b, atol=1e-4), (a - b).abs().max()
+    c = ddpm_sample(tiny_model, sched, (256, 2), variance="beta", generator=torch.Generator().manual_seed(3)).x
+    assert not torch.allclose(a, c, atol=1e-3)  # σ² = β differs from σ² = β̃
+
+
+def test_deterministic_sampler_reproduces_from_saved_prior(tiny_model, sched):
+    # The CS726 "reproduce" script, written out independently: z = 0 at every step, eq. (11).
+    prior = np.random.default_rng(0).standard_normal((128, 2)).astype(np.float32)
+    out1 = ddpm_sample(tiny_model, sched, x_T=prior, stochastic=False).x
+    out2 = ddpm_sample(tiny_model, sched, x_T=prior, stochastic=False, generator=torch.Generator().manual_seed(9)).x
+    assert torch.equal(out1, out2)
+    x = torch.from_numpy(prior)
+    s = sched.to("cpu")
+    with torch.no_grad():
+        for t in reversed(range(sched.T)):
+            eps = tiny_model(x, torch.full((len(x),), t, dtype=torch.long))
+            x = (1 / torch.sqrt(s.alphas[t])) * (x - (s.betas[t] / torch.sqrt(1 - s.alphas_cumprod[t])) * eps)
+    assert torch.allclose(out1, x, atol=1e-5)
+
+
+def test_generator_makes_sampling_reproducible(tiny_model, sched):
+    a = ddpm_sample(tiny_model, sched, (64, 2), generator=torch.Generator().manual_seed(5)).x
+    b = ddpm_sample(tiny_model, sched, (64, 2), generator=torch.Generator().manual_seed(5)).x
+    c = ddpm_sample(tiny_model, sched, (64, 2), generator=torch.Generator().manual_seed(6)).x
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_golden_numbers(tiny_model, sched):
+    """Whole sampling loops with fixed seeds and fixed weights (torch 2.14.1, CPU)."""
+    a = ddpm_sample(tiny_model, sched, (1000, 2), generator=torch.Generator().manual_seed(0)).x
+    b = ddim_sample(tiny_model, sched, (1000, 2), steps=10, generator=torch.Generator().manual_seed(0)).x
+    got = [a.mean().item(), a.std().item(), b.mean().item(), b.std().item()]
+    assert np.allclose(got, GOLDEN, atol=1e-4), got
+
+
+GOLDEN = [0.785524, 6.577779, 0.413492, 3.764863]  # DDPM mean/std, DDIM-10 mean/std (torch 2.14.1, CPU)
+
+
+def test_trajectory_recording(tiny_model, sched):
+    out = ddpm_sample(tiny_model, sched, (16, 2), record_every=10, generator=torch.Generator().manual_seed(0))
+    assert len(out.trajectory) == 1 + sched.T // 10
+    assert out.timesteps[0] == sched.T - 1 and out.timesteps[-1] == -1
+    assert torch.equal(out.trajectory[-1], out.x)
+    d = ddim_sample(tiny_model, sched, (16, 2), steps=6, record_every=1, generator=torch.Generator().manual_seed(0))
+    assert len(d.trajectory) == 7 and d.timesteps[-1] == -1
+
+
+def test_ddim_timesteps_spacings():
+    assert ddim_timesteps(1000, 10, "leading").tolist() == list(range(900, -1, -100))
+    assert ddim_timesteps(1000, 10, "trailing").tolist() == list(range(999, 98, -100))
+    assert ddim_timesteps(1000, 10, "linspace").tolist() == [999, 888, 777, 666, 555, 444, 333, 222, 111, 0]
+    with pytest.raises(ValueError, match="steps"):
+        ddim_timesteps(100, 0)
+    with pytest.raises(ValueError, match="spacing"):
+        ddim_timesteps(100, 10, "middle")
+
+
+def test_x0_clipping_bounds_final_samples(tiny_model, sched):
+    out = ddim_sample(tiny_model, sched, (64, 2), steps=10, clip_x0=(-0.5, 0.5), generator=torch.Generator().manual_seed(0))
+    assert out.x.abs().max() <= 0.5 + 1e-6
+
+
+def test_bad_sampler_arguments(tiny_model, sched):
+    with pytest.raises(ValueError, match="variance"):
+        ddpm_sample(tiny_model, sched, (4, 2), variance="huge")
+    with pytest.raises(ValueError, match="shape"):
+        ddpm_sample(tiny_model, sched)
+    with pytest.raises(ValueError, match="eta"):
+        ddim_sample(tiny_model, sched, (4, 2), eta=-1)
