@@ -155,3 +155,14 @@ def table(rows: Sequence[dict], columns: Sequence[str], formats: dict[str, str] 
     lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)), "  ".join("-" * w for w in widths)]
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
     return "\n".join(lines)
+
+
+def load_benchmark(name: str) -> dict:
+    """The committed result ``benchmarks/results/NAME.json`` of a benchmark script."""
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / f"{name}.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no benchmark result at {path}; run `make bench` to produce it")
+    return json.loads(path.read_text())

@@ -1,0 +1,47 @@
+"""Static checks of the book: nbval references are fresh, every figure has a caption,
+and chapters import the library rather than re-implementing it."""
+
+import re
+
+import jupytext
+import nbformat
+import pytest
+
+from make_nbval_refs import CHECK_TAG, OUT, ROOT, chapters, code_sources
+
+CHAPTERS = chapters()
+
+
+def test_every_chapter_with_code_has_an_nbval_reference():
+    assert {p.stem for p in CHAPTERS} == {p.stem for p in OUT.glob("*.ipynb")}
+
+
+@pytest.mark.parametrize("md", CHAPTERS, ids=lambda p: p.stem)
+def test_nbval_reference_is_fresh(md):
+    ref = nbformat.read(OUT / f"{md.stem}.ipynb", as_version=4)
+    assert code_sources(ref) == code_sources(jupytext.read(md)), f"tests/nbval/{md.stem}.ipynb is stale: run `make nbval-refs`"
+    checked = [c for c in ref.cells if CHECK_TAG in c.metadata.get("tags", [])]
+    assert checked and all(c.outputs for c in checked), "each chapter compares at least one output"
+
+
+@pytest.mark.parametrize("md", CHAPTERS, ids=lambda p: p.stem)
+def test_every_figure_has_a_caption(md):
+    nb = jupytext.read(md)
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type == "code" and re.search(r"\b(figure|trajectory_grid)\(", cell.source):
+            nxt = nb.cells[i + 1] if i + 1 < len(nb.cells) else None
+            assert nxt is not None and nxt.cell_type == "markdown" and nxt.source.lstrip().startswith("*Figure"), (
+                f"{md.name}: the figure made by cell {i} has no '*Figure: ...*' caption after it"
+            )
+
+
+@pytest.mark.parametrize("md", CHAPTERS, ids=lambda p: p.stem)
+def test_chapters_do_not_redefine_library_code(md):
+    nb = jupytext.read(md)
+    defs = [m for c in nb.cells if c.cell_type == "code" for m in re.findall(r"^(?:def|class) (\w+)", c.source, re.M)]
+    import ddpmkit, ddpmkit.diffusion, ddpmkit.samplers, ddpmkit.models, ddpmkit.metrics, ddpmkit.schedules  # noqa: E401
+
+    library = set()
+    for mod in (ddpmkit, ddpmkit.diffusion, ddpmkit.samplers, ddpmkit.models, ddpmkit.metrics, ddpmkit.schedules):
+        library |= set(dir(mod))
+    assert not (set(defs) & library), f"{md.name} redefines library code: {set(defs) & library}"
