@@ -129,7 +129,7 @@ CS726_SCHEDULES: dict[str, dict] = {
 }
 
 
-def sweep(configs: dict[str, RunConfig], n_eval: int, elbo_points: int = 0, progress: bool = True, **sample_kwargs) -> list[dict]:
+def sweep(configs: dict[str, RunConfig], n_eval: int, elbo_points: int = 0, progress: bool = False, **sample_kwargs) -> list[dict]:
     """Train and score each named config; one row of metrics per config."""
     from tqdm.auto import tqdm
 

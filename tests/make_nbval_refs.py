@@ -41,13 +41,9 @@ def main() -> None:
         nb = jupytext.read(md)
         NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(md.parent)}}).execute()
         for cell in nb.cells:
-            if cell.cell_type == "code":
-                cell.execution_count = None
-                if CHECK_TAG not in cell.metadata.get("tags", []):
-                    cell.outputs = []
-                else:
-                    for o in cell.outputs:
-                        o.pop("execution_count", None) if o.get("output_type") == "execute_result" else None
+            # nbval needs the execution counts; only the checked cells keep their outputs
+            if cell.cell_type == "code" and CHECK_TAG not in cell.metadata.get("tags", []):
+                cell.outputs = []
         nb.cells = [c for c in nb.cells if c.cell_type == "code"]
         nb.metadata.pop("widgets", None)
         nbformat.write(nb, OUT / f"{md.stem}.ipynb")
