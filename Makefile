@@ -21,7 +21,7 @@ install: $(STAMP)
 
 ## Execute every chapter and write the HTML book to _build/html.
 book: $(STAMP)
-	$(VENV)/bin/jupyter-book build . --warningiserror --keep-going
+	$(VENV)/bin/jupyter-book build . --all --warningiserror --keep-going
 	@echo "Book written to _build/html/index.html (profile: $(DDPMKIT_PROFILE))"
 
 ## The whole test suite, chapters included (nbval, in the smoke profile).

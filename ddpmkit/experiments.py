@@ -86,26 +86,34 @@ def sample_and_score(
     eta: float = 0.0,
     seed: int = 0,
     ref_seed: int = 1,
+    clip_x0: tuple[float, float] | None = None,
 ) -> dict:
     """Draw ``n`` samples with the EMA network and score them against a fresh data draw.
 
-    Returns the metrics of :func:`ddpmkit.metrics.evaluate_samples` plus the samples and
-    the sampling wall time.
+    Returns the metrics of :func:`ddpmkit.metrics.evaluate_samples` plus the samples, the
+    sampling wall time and ``finite_fraction``. A chain that diverged (any non-finite
+    sample) gets NaN metrics instead of an error, so that a sweep can report it.
     """
     model, sched, cfg = trainer.sampling_model, trainer.schedule, trainer.config
     gen = torch.Generator().manual_seed(seed)
     shape = (n, cfg.model.dim)
     t0 = time.perf_counter()
     if sampler == "ddim":
-        x = ddim_sample(model, sched, shape, steps=steps or sched.T, eta=eta, predictor=cfg.train.predictor, generator=gen).x
+        x = ddim_sample(model, sched, shape, steps=steps or sched.T, eta=eta, predictor=cfg.train.predictor, generator=gen, clip_x0=clip_x0).x
     elif sampler in ("ddpm", "deterministic"):
-        x = ddpm_sample(model, sched, shape, predictor=cfg.train.predictor, generator=gen, stochastic=sampler == "ddpm").x
+        x = ddpm_sample(model, sched, shape, predictor=cfg.train.predictor, generator=gen, stochastic=sampler == "ddpm", clip_x0=clip_x0).x
     else:
         raise ValueError(f"unknown sampler={sampler!r}; choose 'ddpm', 'deterministic' or 'ddim'")
     seconds = time.perf_counter() - t0
     samples = x.numpy()
     ref = load_dataset(cfg.dataset, n, seed=ref_seed)
-    return {**evaluate_samples(samples, ref), "samples": samples, "sample_seconds": seconds}
+    finite = float(np.isfinite(samples).all(axis=1).mean())
+    if finite < 1.0:
+        nan = float("nan")
+        metrics = {"n_samples": n, "n_reference": n, "emd": nan, "chamfer": nan, "chamfer_mean": nan, "kde_nll": nan}
+    else:
+        metrics = evaluate_samples(samples, ref)
+    return {**metrics, "samples": samples, "sample_seconds": seconds, "finite_fraction": finite}
 
 
 def elbo_bpd(trainer: Trainer, n: int, seed: int = 2) -> dict:
@@ -130,7 +138,8 @@ CS726_SCHEDULES: dict[str, dict] = {
 
 
 def sweep(configs: dict[str, RunConfig], n_eval: int, elbo_points: int = 0, progress: bool = False, **sample_kwargs) -> list[dict]:
-    """Train and score each named config; one row of metrics per config."""
+    """Train and score each named config; one row of metrics per config (with its
+    ``samples`` and ``trainer``)."""
     from tqdm.auto import tqdm
 
     rows = []
@@ -139,7 +148,7 @@ def sweep(configs: dict[str, RunConfig], n_eval: int, elbo_points: int = 0, prog
         tr = train(cfg)
         train_s = time.perf_counter() - t0
         m = sample_and_score(tr, n_eval, **sample_kwargs)
-        row = {"name": name, "train_seconds": train_s, **{k: v for k, v in m.items() if k != "samples"}, "samples": m["samples"]}
+        row = {"name": name, "train_seconds": train_s, **m, "trainer": tr}
         row["alpha_bar_T"] = float(tr.schedule.alphas_cumprod[-1])
         if elbo_points:
             row.update({f"elbo_{k}": v for k, v in elbo_bpd(tr, elbo_points).items()})

@@ -117,8 +117,9 @@ class Trainer:
             raise ValueError(f"lr must be > 0, got lr={tc.lr}")
         self.config, self.run_dir = config, Path(run_dir) if run_dir else None
         self.device = resolve_device(tc.device)
-        torch.manual_seed(tc.seed)  # the model's initial weights
-        self.model = build_model(config.model).to(self.device)
+        with torch.random.fork_rng(devices=[]):  # seeded initial weights, global RNG left as it was
+            torch.manual_seed(tc.seed)
+            self.model = build_model(config.model).to(self.device)
         self.schedule = NoiseSchedule.from_config(config.schedule)
         self._sched_dev = self.schedule.to(self.device)
         if data is None:

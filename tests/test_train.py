@@ -129,3 +129,12 @@ def test_short_training_learns_the_swiss_roll(tmp_path):
     x = ddpm_sample(model, sched, (2048, 2), generator=torch.Generator().manual_seed(0)).x.numpy()
     cd = chamfer_distance(x, load_dataset("swiss_roll", 2048, 1))
     assert cd < 40, cd
+
+
+def test_trainer_leaves_the_global_rng_alone():
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    a = Trainer(small_config(5))
+    assert torch.equal(torch.rand(3), expected)
+    assert torch.equal(_params(a.model), _params(Trainer(small_config(5)).model))  # still seeded
