@@ -4,11 +4,13 @@ Importing ddpmkit has no side effects: no downloads, no global seeds, no warning
 """
 
 from .diffusion import PREDICTORS, Prediction, Predictor, convert, diffusion_loss, q_posterior, q_sample, training_target
+from .guidance import CFGModel
 from .likelihood import elbo_terms
 from .models import ConcatMLP, MLPConfig, TimeLinear, TimeLinearMLP, build_model, timestep_embedding
 from .profile import by_profile, get_profile
 from .samplers import SampleOutput, ddim_sample, ddim_timesteps, ddpm_sample
 from .schedules import SCHEDULES, NoiseSchedule, ScheduleConfig, make_betas
+from .unet import UNet, UNetConfig
 
 __version__ = "0.1.0"
 
@@ -17,4 +19,5 @@ __all__ = [
     "training_target", "elbo_terms", "ConcatMLP", "MLPConfig", "TimeLinear", "TimeLinearMLP", "build_model",
     "timestep_embedding", "by_profile", "get_profile", "SampleOutput", "ddim_sample", "ddim_timesteps",
     "ddpm_sample", "SCHEDULES", "NoiseSchedule", "ScheduleConfig", "make_betas", "__version__",
+    "CFGModel", "UNet", "UNetConfig",
 ]  # fmt: skip
