@@ -38,6 +38,15 @@ def _dataset(s: str) -> str:
     return s
 
 
+def _train_dataset(s: str) -> str:
+    from .data import DATASETS
+    from .train import IMAGE_DATASETS
+
+    if s not in DATASETS + IMAGE_DATASETS:
+        raise argparse.ArgumentTypeError(f"unknown dataset {s!r}; choose one of {', '.join(DATASETS + IMAGE_DATASETS)}")
+    return s
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .data import DATASETS
     from .diffusion import PREDICTORS
@@ -50,7 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     t = sub.add_parser("train", help="train a DDPM on a vector data set", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    t.add_argument("--dataset", type=_dataset, default="swiss_roll", help=f"one of {', '.join(DATASETS)} (default swiss_roll)")
+    t.add_argument("--dataset", type=_train_dataset, default="swiss_roll", help=f"one of {', '.join(DATASETS)}, mnist, digits8x8, shapes (default swiss_roll)")
+    t.add_argument("--recipe", default=None, help="a named recipe (mnist-cfg, swiss-roll): its whole config; --iterations/--seed/--device still apply")
+    t.add_argument("--cond", choices=("none", "class", "multi"), default=None, help="image conditioning (default: class for mnist/digits8x8, multi for shapes)")
     t.add_argument("--out", required=True, type=Path, help="run folder to create (config.json, checkpoint.pt)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
     t.add_argument("--iterations", type=_positive_int, default=None, help="optimizer steps (default 5000)")
@@ -110,9 +121,17 @@ def _train(a) -> int:
 
     if a.resume:
         tr = Trainer.resume(a.out, a.iterations)
+    elif (a.out / "checkpoint.pt").exists():
+        raise ValueError(f"{a.out} already holds a run; pass --resume to continue it or choose another --out")
+    elif a.recipe or a.dataset not in DIMS:
+        from .recipes import get_recipe, mnist_cfg
+
+        cfg = get_recipe(a.recipe) if a.recipe else _image_config(a)
+        if a.iterations:
+            cfg.train.iterations = a.iterations
+        cfg.train.seed, cfg.train.device = a.seed, a.device
+        tr = Trainer(cfg, a.out)
     else:
-        if (a.out / "checkpoint.pt").exists():
-            raise ValueError(f"{a.out} already holds a run; pass --resume to continue it or choose another --out")
         cfg = RunConfig(
             dataset=a.dataset,
             model=MLPConfig(kind=a.model, dim=DIMS[a.dataset], hidden=tuple(a.hidden)),
@@ -127,6 +146,23 @@ def _train(a) -> int:
     tr.train(progress=not a.no_progress)
     print(json.dumps({"run": str(a.out), "step": tr.step, "final_loss": float(sum(tr.losses[-100:]) / max(1, len(tr.losses[-100:]))), "wall_time_s": round(tr.wall_time, 2)}))
     return 0
+
+
+def _image_config(a):
+    """An image run from --dataset/--cond: the mnist-cfg recipe's network, resized to the data."""
+    from .images import SHAPE_LABELS
+    from .recipes import mnist_cfg
+
+    cfg = mnist_cfg()
+    cfg.dataset = a.dataset
+    cfg.cond = a.cond or ("multi" if a.dataset == "shapes" else "class")
+    m = cfg.model
+    m.in_channels = 3 if a.dataset == "shapes" else 1
+    m.num_classes = 10 if cfg.cond == "class" else None
+    m.num_labels = len(SHAPE_LABELS) if cfg.cond == "multi" else None
+    if a.dataset == "digits8x8":
+        m.channel_mults, m.attn_levels = (1, 2), (1,)
+    return cfg
 
 
 def _sample(a) -> int:

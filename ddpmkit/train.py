@@ -22,12 +22,33 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .checkpoint import CheckpointError, load_state, save_json, save_state
-from .data import DIMS, DatasetName, load_dataset
+from .data import DATASETS, DIMS, load_dataset
 from .diffusion import Predictor, check_predictor, diffusion_loss
-from .models import MLPConfig, build_model
+from .models import MLPConfig
+from .models import build_model as build_mlp
 from .schedules import NoiseSchedule, ScheduleConfig
+from .unet import UNet, UNetConfig
 
-CONFIG_FILE, CHECKPOINT_FILE = "config.json", "checkpoint.pt"
+IMAGE_DATASETS: tuple[str, ...] = ("mnist", "digits8x8", "shapes")
+Conditioning = Literal["none", "class", "multi"]
+
+CONFIG_FILE, CHECKPOINT_FILE, METADATA_FILE = "config.json", "checkpoint.pt", "metadata.json"
+
+
+def hardware() -> str:
+    """The machine in words, for checkpoint metadata."""
+    import os
+    import platform
+
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name()} (CUDA), {os.cpu_count()} CPU cores"
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, no GPU used"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -50,26 +71,56 @@ class TrainConfig:
     n_train: int = 32768  # size of the fixed training set drawn from the data set
     device: str = "cpu"  # "cpu", "cuda", "cuda:1", or "auto" (cuda when available)
     checkpoint_every: int = 1000  # steps between checkpoints (the last step always saves)
+    label_dropout: float = 0.1  # conditional runs: P(label -> null token), for guidance (Ho & Salimans: 0.1-0.2)
 
 
 @dataclass
 class RunConfig:
-    """Everything needed to rebuild a run: data, network, schedule, optimization."""
+    """Everything needed to rebuild a run: data, network, conditioning, schedule, optimization."""
 
-    dataset: DatasetName = "swiss_roll"  # which data set (see ddpmkit.data.DATASETS)
-    model: MLPConfig = field(default_factory=MLPConfig)  # the network
+    dataset: str = "swiss_roll"  # a vector set (ddpmkit.data.DATASETS) or an image set (IMAGE_DATASETS)
+    model: MLPConfig | UNetConfig = field(default_factory=MLPConfig)  # the network
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)  # β schedule, T = 1000, 1e-4 → 0.02
     train: TrainConfig = field(default_factory=TrainConfig)  # optimization
+    cond: Conditioning = "none"  # "class" (labels 0..K-1), "multi" (multi-hot) or "none"
 
     def to_dict(self) -> dict:
-        return {"dataset": self.dataset, "model": self.model.to_dict(), "schedule": self.schedule.to_dict(), "train": asdict(self.train)}
+        arch = "unet" if isinstance(self.model, UNetConfig) else "mlp"
+        return {
+            "dataset": self.dataset, "arch": arch, "model": self.model.to_dict(), "cond": self.cond,
+            "schedule": self.schedule.to_dict(), "train": asdict(self.train),
+        }  # fmt: skip
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunConfig":
+        model_cls = UNetConfig if d.get("arch", "mlp") == "unet" else MLPConfig
         return cls(
-            dataset=d["dataset"], model=MLPConfig.from_dict(d["model"]),
+            dataset=d["dataset"], model=model_cls.from_dict(d["model"]), cond=d.get("cond", "none"),
             schedule=ScheduleConfig.from_dict(d["schedule"]), train=TrainConfig(**d["train"]),
         )  # fmt: skip
+
+
+def build_model(config: MLPConfig | UNetConfig) -> nn.Module:
+    """The network a run config describes: a UNet for images, an MLP for vectors."""
+    return UNet(config) if isinstance(config, UNetConfig) else build_mlp(config)
+
+
+def load_training_data(dataset: str, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """Training data for a run: ``(x, labels, source)``; ``source`` says what was used."""
+    if dataset in DATASETS:
+        x, y = load_dataset(dataset, n, seed=seed, return_labels=True)
+        return torch.from_numpy(x), torch.from_numpy(y), f"{dataset}: {n} points drawn with seed {seed}"
+    from . import images
+
+    if dataset == "mnist":
+        d = images.load_mnist("train")
+    elif dataset == "digits8x8":
+        d = images.load_digits8x8()
+    elif dataset == "shapes":
+        d = images.make_shapes(n, seed=seed)
+    else:
+        raise ValueError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS + IMAGE_DATASETS)}")
+    return d.images, d.labels, d.source
 
 
 def resolve_device(device: str) -> torch.device:
@@ -101,7 +152,9 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 
 class Trainer:
-    """Trains a denoiser on a fixed data tensor ``data`` (N, ...) with Algorithm 1 of Ho et al.
+    """Trains a denoiser on a fixed data tensor (N, ...) with Algorithm 1 of Ho et al.; with
+    ``cond``, labels are passed to the network and dropped to the null condition with
+    probability ``label_dropout`` so that one network learns both ε(x, y) and ε(x).
 
     The same :class:`torch.Generator` (state saved in every checkpoint) draws the batches,
     the timesteps and the noise, so resuming is exact.
@@ -115,6 +168,10 @@ class Trainer:
                 raise ValueError(f"{name} must be >= 1, got {name}={getattr(tc, name)}")
         if tc.lr <= 0:
             raise ValueError(f"lr must be > 0, got lr={tc.lr}")
+        if config.cond not in ("none", "class", "multi"):
+            raise ValueError(f"unknown cond={config.cond!r}; choose 'none', 'class' or 'multi'")
+        if config.cond != "none" and not isinstance(config.model, UNetConfig):
+            raise ValueError("conditioning needs the UNet (image data sets); the vector MLPs are unconditional")
         self.config, self.run_dir = config, Path(run_dir) if run_dir else None
         self.device = resolve_device(tc.device)
         with torch.random.fork_rng(devices=[]):  # seeded initial weights, global RNG left as it was
@@ -122,11 +179,14 @@ class Trainer:
             self.model = build_model(config.model).to(self.device)
         self.schedule = NoiseSchedule.from_config(config.schedule)
         self._sched_dev = self.schedule.to(self.device)
+        labels, self.data_source = None, "data given in memory"
         if data is None:
-            data = torch.from_numpy(load_dataset(config.dataset, tc.n_train, seed=tc.seed))
-        self.data = data.to(self.device)  # (N, D)
-        if self.data.shape[1:] != (config.model.dim,):
-            raise ValueError(f"data has shape {tuple(self.data.shape)} but the model expects dim={config.model.dim}")
+            data, labels, self.data_source = load_training_data(config.dataset, tc.n_train, tc.seed)
+        self.data = data.to(self.device)  # (N, D) or (N, C, H, W)
+        self.labels = labels.to(self.device) if labels is not None and config.cond != "none" else None
+        expected = (config.model.dim,) if isinstance(config.model, MLPConfig) else (config.model.in_channels,)
+        if self.data.shape[1 : 1 + len(expected)] != expected:
+            raise ValueError(f"data has shape {tuple(self.data.shape)} but the model expects {expected} after the batch axis")
         opt_cls = torch.optim.AdamW if tc.weight_decay > 0 else torch.optim.Adam
         self.opt = opt_cls(self.model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
         self.ema = EMA(self.model, tc.ema_decay) if tc.ema_decay > 0 else None
@@ -161,6 +221,15 @@ class Trainer:
             return
         save_json(self.config.to_dict(), self.run_dir / CONFIG_FILE)
         save_state(self.state_dict(), self.run_dir / CHECKPOINT_FILE)
+        save_json(self.metadata(), self.run_dir / METADATA_FILE)
+
+    def metadata(self) -> dict:
+        """What a reader of a checkpoint needs to trust it: data actually used, steps, seed, time, machine."""
+        return {
+            "data": self.data_source, "steps": self.step, "seed": self.config.train.seed,
+            "wall_time_s": round(self.wall_time, 1), "hardware": hardware(), "torch": torch.__version__,
+            "final_loss_mean_100": float(np.mean(self.losses[-100:])) if self.losses else None,
+        }  # fmt: skip
 
     @classmethod
     def resume(cls, run_dir: str | Path, iterations: int | None = None) -> "Trainer":
@@ -177,10 +246,20 @@ class Trainer:
     def train_step(self) -> float:
         tc = self.config.train
         idx = torch.randint(0, len(self.data), (tc.batch_size,), generator=self.gen, device=self.gen.device)
-        x0 = self.data[idx.to(self.device)]  # (B, D)
+        idx = idx.to(self.device)
+        x0 = self.data[idx]  # (B, D) or (B, C, H, W)
+        kwargs = {}
+        if self.labels is not None:  # conditional: drop labels to the null condition with p = label_dropout
+            y = self.labels[idx].clone()
+            drop = (torch.rand(len(idx), generator=self.gen, device=self.gen.device) < tc.label_dropout).to(self.device)
+            if self.config.cond == "class":
+                y[drop] = self.model.null_label
+            else:
+                y[drop] = 0.0
+            kwargs["y"] = y
         for g in self.opt.param_groups:
             g["lr"] = lr_at(self.step, tc)
-        loss = diffusion_loss(self.model, self._sched_dev, x0, tc.predictor, self.gen)
+        loss = diffusion_loss(self.model, self._sched_dev, x0, tc.predictor, self.gen, **kwargs)
         if not torch.isfinite(loss):
             last = self.run_dir / CHECKPOINT_FILE if self.run_dir else None
             where = f"the last good checkpoint {last} is untouched" if last and last.exists() else "no checkpoint was written"
