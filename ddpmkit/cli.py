@@ -83,10 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-progress", action="store_true")
 
     s = sub.add_parser("sample", help="sample from a trained run", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    s.add_argument("run", type=Path, help="run folder written by ddpmkit train")
+    s.add_argument("run", type=Path, help="run folder written by ddpmkit train, or a shipped checkpoint name (e.g. mnist-cfg)")
+    s.add_argument("--label", default=None, help="image models: a class index (e.g. 7), or comma-separated shape labels ('red square,blue circle'); default: all classes in turn")
+    s.add_argument("--guidance", type=float, default=None, help="classifier-free guidance weight w, eps = (1+w) eps_c - w eps_u (default: the checkpoint's chosen w, else 0)")
     s.add_argument("--n", type=_positive_int, default=2048, help="number of samples")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--out", type=Path, required=True, help=".npy file for the (n, dim) samples")
+    s.add_argument("--out", type=Path, required=True, help=".npy file for the (n, dim) or (n, C, H, W) samples; .png writes an image grid")
     s.add_argument("--sampler", choices=("ddpm", "deterministic", "ddim"), default="ddpm")
     s.add_argument("--variance", choices=("beta", "beta_tilde"), default="beta", help="σ² of ancestral DDPM")
     s.add_argument("--steps", type=_positive_int, default=50, help="DDIM steps")
@@ -165,31 +167,105 @@ def _image_config(a):
     return cfg
 
 
+def _load_for_sampling(a):
+    """(model, schedule, RunConfig, info) from a run folder or a shipped checkpoint name."""
+    from .pretrained import available, load_pretrained
+    from .train import RunConfig, load_run
+
+    if a.run.is_dir():
+        model, sched, cfg = load_run(a.run, device=a.device, ema=not a.raw)
+        return model, sched, cfg, {}
+    if str(a.run) in available():
+        model, sched, info = load_pretrained(str(a.run), device=a.device)
+        return model, sched, RunConfig.from_dict(info["config"]), info
+    raise FileNotFoundError(
+        f"run directory {a.run} does not exist, and no shipped checkpoint is named {str(a.run)!r} "
+        f"(shipped: {', '.join(available()) or 'none'}); create a run with: ddpmkit train --out {a.run}"
+    )
+
+
+def _labels(a, cfg, n: int):
+    import torch
+
+    from .images import SHAPE_LABELS
+
+    if cfg.cond == "class":
+        if a.label is None:
+            return torch.arange(n) % cfg.model.num_classes
+        try:
+            y = int(a.label)
+        except ValueError:
+            raise ValueError(f"--label must be a class index for this model, got {a.label!r}") from None
+        if not 0 <= y < cfg.model.num_classes:
+            raise ValueError(f"--label must lie in [0, {cfg.model.num_classes - 1}], got {y}")
+        return torch.full((n,), y, dtype=torch.long)
+    if cfg.cond == "multi":
+        hot = torch.zeros(n, len(SHAPE_LABELS))
+        names = [x.strip() for x in (a.label or "").split(",") if x.strip()]
+        for name in names:
+            if name not in SHAPE_LABELS:
+                raise ValueError(f"unknown shape label {name!r}; choose from {', '.join(SHAPE_LABELS)}")
+            hot[:, SHAPE_LABELS.index(name)] = 1.0
+        if not names:
+            raise ValueError("this model is multi-label: pass --label 'red square,blue circle'")
+        return hot
+    if a.label is not None:
+        raise ValueError("this model is unconditional; drop --label")
+    return None
+
+
 def _sample(a) -> int:
     import numpy as np
     import torch
 
     from .checkpoint import save_npy
+    from .guidance import CFGModel
     from .samplers import ddim_sample, ddpm_sample
-    from .train import load_run
+    from .train import IMAGE_SIZES
+    from .unet import UNetConfig
 
-    model, sched, cfg = load_run(a.run, device=a.device, ema=not a.raw)
+    model, sched, cfg, info = _load_for_sampling(a)
+    image = isinstance(cfg.model, UNetConfig)
+    if image:
+        side = IMAGE_SIZES[cfg.dataset]
+        shape: tuple[int, ...] = (a.n, cfg.model.in_channels, side, side)
+        y = _labels(a, cfg, a.n)
+        w = a.guidance if a.guidance is not None else float(info.get("guidance_w", 0.0))
+        if y is not None:
+            model = CFGModel(model, y, w)
+        clip = (-1.0, 1.0)
+    else:
+        if a.label is not None or a.guidance is not None:
+            raise ValueError("--label and --guidance apply to image models only")
+        shape, clip = (a.n, cfg.model.dim), None
     x_T = None
     if a.prior is not None:
         if not a.prior.is_file():
             raise FileNotFoundError(f"prior noise file {a.prior} does not exist")
         x_T = np.load(a.prior)
-        if x_T.ndim != 2 or x_T.shape[1] != cfg.model.dim:
-            raise ValueError(f"--prior must have shape (n, {cfg.model.dim}), got {x_T.shape}")
+        if x_T.shape[1:] != shape[1:]:
+            raise ValueError(f"--prior must have shape (n, {', '.join(map(str, shape[1:]))}), got {x_T.shape}")
     gen = torch.Generator().manual_seed(a.seed)
-    shape = (a.n, cfg.model.dim)
-    common = dict(x_T=x_T, predictor=cfg.train.predictor, generator=gen, progress=not a.no_progress)
+    common = dict(x_T=x_T, predictor=cfg.train.predictor, generator=gen, progress=not a.no_progress, clip_x0=clip)
     if a.sampler == "ddim":
         out = ddim_sample(model, sched, shape, steps=a.steps, eta=a.eta, spacing=a.spacing, **common)
     else:
         out = ddpm_sample(model, sched, shape, variance=a.variance, stochastic=a.sampler == "ddpm", **common)
-    save_npy(out.x.cpu().numpy().astype(np.float32), a.out)
-    print(f"wrote {tuple(out.x.shape)} samples to {a.out}")
+    x = out.x.cpu()
+    if image:
+        x = ((x.clamp(-1, 1) + 1) / 2)  # pixel values in [0, 1]
+    if str(a.out).endswith(".png"):
+        if not image:
+            raise ValueError("a .png grid needs an image model; use .npy for vector samples")
+        import math
+
+        import torchvision
+
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        torchvision.utils.save_image(x, str(a.out), nrow=int(math.ceil(math.sqrt(len(x)))), padding=2)
+    else:
+        save_npy(x.numpy().astype(np.float32), a.out)
+    print(f"wrote {tuple(x.shape)} samples to {a.out}")
     return 0
 
 

@@ -30,6 +30,7 @@ from .schedules import NoiseSchedule, ScheduleConfig
 from .unet import UNet, UNetConfig
 
 IMAGE_DATASETS: tuple[str, ...] = ("mnist", "digits8x8", "shapes")
+IMAGE_SIZES = {"mnist": 28, "digits8x8": 8, "shapes": 32}  # side of the square images of each set
 Conditioning = Literal["none", "class", "multi"]
 
 CONFIG_FILE, CHECKPOINT_FILE, METADATA_FILE = "config.json", "checkpoint.pt", "metadata.json"

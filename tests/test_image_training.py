@@ -93,3 +93,56 @@ def test_classifier_learns_digits():
     x = torch.nn.functional.interpolate(d.images, size=28, mode="bilinear")
     clf = train_classifier(x[:1400], d.labels[:1400], ClassifierConfig(epochs=3), progress=False)
     assert accuracy(clf, x[1400:], d.labels[1400:]) > 0.85
+
+
+def test_export_and_load_pretrained_round_trip(tmp_path):
+    from ddpmkit.pretrained import export_run, load_pretrained, read_info
+
+    Trainer(digits_config(3), tmp_path / "run").train(progress=False)
+    export_run(tmp_path / "run", "tiny", extra={"guidance_w": 1.5}, out_dir=tmp_path / "ckpt")
+    model, sched, info = load_pretrained("tiny", directory=tmp_path / "ckpt")
+    ref, _, _ = load_run(tmp_path / "run")  # EMA weights
+    for p, q in zip(model.parameters(), ref.parameters()):
+        assert torch.equal(p, q)
+    assert info["guidance_w"] == 1.5 and info["metadata"]["steps"] == 3 and sched.T == 50
+    with pytest.raises(FileNotFoundError, match="no shipped checkpoint named 'nope'"):
+        read_info("nope", tmp_path / "ckpt")
+
+
+def test_cli_samples_images_in_unit_range(tmp_path):
+    from ddpmkit.cli import main
+
+    Trainer(digits_config(3), tmp_path / "run").train(progress=False)
+    out = tmp_path / "x.npy"
+    assert main(["sample", str(tmp_path / "run"), "--label", "7", "--n", "4", "--sampler", "ddim", "--steps", "3",
+                 "--guidance", "2", "--out", str(out), "--no-progress"]) == 0  # fmt: skip
+    x = np.load(out)
+    assert x.shape == (4, 1, 8, 8) and x.min() >= 0 and x.max() <= 1
+    assert main(["sample", str(tmp_path / "run"), "--n", "4", "--sampler", "ddim", "--steps", "2", "--out", str(tmp_path / "g.png"), "--no-progress"]) == 0
+    assert (tmp_path / "g.png").read_bytes()[:4] == b"\x89PNG"
+    assert main(["sample", str(tmp_path / "run"), "--label", "12", "--out", str(out), "--no-progress"]) == 2
+
+
+def test_training_free_classifier_recovers_the_oracle_label():
+    """A 'network' whose ε-prediction is exact only for the true label: the classifier must pick it."""
+    from ddpmkit.guidance import diffusion_classify
+    from ddpmkit.schedules import NoiseSchedule
+
+    sched = NoiseSchedule.create("linear", 100)
+    s32 = sched.to("cpu")
+    centers = torch.randn(3, 1, 4, 4, generator=torch.Generator().manual_seed(0))  # one image per class
+
+    class Oracle(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, x, t, y):  # ε̂ assuming x0 = centers[y]
+            t = t.expand(len(x))
+            a, b = s32.sqrt_alphas_cumprod[t].view(-1, 1, 1, 1), s32.sqrt_one_minus_alphas_cumprod[t].view(-1, 1, 1, 1)
+            return (x - a * centers[y]) / b
+
+    truth = torch.tensor([0, 1, 2, 2, 1, 0])
+    pred, err = diffusion_classify(Oracle(), sched, centers[truth], classes=3, n_noise=2, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(pred, truth)
+    assert torch.allclose(err[torch.arange(6), truth], torch.zeros(6), atol=1e-8)
