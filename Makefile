@@ -31,6 +31,7 @@ test: $(STAMP)
 ## Speed of training and sampling on this machine (see benchmarks/README.md).
 bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/bench_mlp.py
+	$(VENV)/bin/python benchmarks/bench_unet.py
 
 ## Re-execute the chapters in smoke and store their checked outputs for nbval.
 nbval-refs: $(STAMP)
