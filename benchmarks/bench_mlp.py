@@ -13,8 +13,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
-import platform
 import time
 from pathlib import Path
 
@@ -24,19 +22,7 @@ from ddpmkit.checkpoint import save_json
 from ddpmkit.experiments import run_config
 from ddpmkit.samplers import ddpm_sample
 from ddpmkit.schedules import NoiseSchedule
-from ddpmkit.train import Trainer
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
+from ddpmkit.train import Trainer, hardware
 
 
 def main() -> None:
@@ -72,7 +58,7 @@ def main() -> None:
     smp = time.perf_counter() - t0
 
     res = {
-        "machine": machine(),
+        "machine": hardware(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "date": datetime.date.today().isoformat(),

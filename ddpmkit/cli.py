@@ -64,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--cond", choices=("none", "class", "multi"), default=None, help="image conditioning (default: class for mnist/digits8x8, multi for shapes)")
     t.add_argument("--out", required=True, type=Path, help="run folder to create (config.json, checkpoint.pt)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
+    t.add_argument("--download", action="store_true", help="mnist: let torchvision download the data set into $DDPMKIT_DATA (needs internet)")
     t.add_argument("--iterations", type=_positive_int, default=None, help="optimizer steps (default 5000)")
     t.add_argument("--batch-size", type=_positive_int, default=128)
     t.add_argument("--lr", type=float, default=1e-3)
@@ -130,7 +131,7 @@ def _train(a) -> int:
     if a.recipe == "mnist-classifier":
         return _train_classifier(a)
     if a.resume:
-        tr = Trainer.resume(a.out, a.iterations)
+        tr = Trainer.resume(a.out, a.iterations, download=a.download)
     elif (a.out / "checkpoint.pt").exists():
         raise ValueError(f"{a.out} already holds a run; pass --resume to continue it or choose another --out")
     elif a.recipe or a.dataset not in DIMS:
@@ -140,7 +141,7 @@ def _train(a) -> int:
         if a.iterations:
             cfg.train.iterations = a.iterations
         cfg.train.seed, cfg.train.device = a.seed, a.device
-        tr = Trainer(cfg, a.out)
+        tr = Trainer(cfg, a.out, download=a.download)
     else:
         cfg = RunConfig(
             dataset=a.dataset,

@@ -106,15 +106,16 @@ def build_model(config: MLPConfig | UNetConfig) -> nn.Module:
     return UNet(config) if isinstance(config, UNetConfig) else build_mlp(config)
 
 
-def load_training_data(dataset: str, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, str]:
-    """Training data for a run: ``(x, labels, source)``; ``source`` says what was used."""
+def load_training_data(dataset: str, n: int, seed: int, download: bool = False) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """Training data for a run: ``(x, labels, source)``; ``source`` says what was used.
+    Only MNIST can be downloaded, and only with ``download=True``."""
     if dataset in DATASETS:
         x, y = load_dataset(dataset, n, seed=seed, return_labels=True)
         return torch.from_numpy(x), torch.from_numpy(y), f"{dataset}: {n} points drawn with seed {seed}"
     from . import images
 
     if dataset == "mnist":
-        d = images.load_mnist("train")
+        d = images.load_mnist("train", download=download)
     elif dataset == "digits8x8":
         d = images.load_digits8x8()
     elif dataset == "shapes":
@@ -161,7 +162,7 @@ class Trainer:
     the timesteps and the noise, so resuming is exact.
     """
 
-    def __init__(self, config: RunConfig, run_dir: str | Path | None = None, data: torch.Tensor | None = None):
+    def __init__(self, config: RunConfig, run_dir: str | Path | None = None, data: torch.Tensor | None = None, download: bool = False):
         tc = config.train
         check_predictor(tc.predictor)
         for name in ("iterations", "batch_size"):
@@ -182,7 +183,7 @@ class Trainer:
         self._sched_dev = self.schedule.to(self.device)
         labels, self.data_source = None, "data given in memory"
         if data is None:
-            data, labels, self.data_source = load_training_data(config.dataset, tc.n_train, tc.seed)
+            data, labels, self.data_source = load_training_data(config.dataset, tc.n_train, tc.seed, download)
         self.data = data.to(self.device)  # (N, D) or (N, C, H, W)
         self.labels = labels.to(self.device) if labels is not None and config.cond != "none" else None
         expected = (config.model.dim,) if isinstance(config.model, MLPConfig) else (config.model.in_channels,)
@@ -233,13 +234,13 @@ class Trainer:
         }  # fmt: skip
 
     @classmethod
-    def resume(cls, run_dir: str | Path, iterations: int | None = None) -> "Trainer":
+    def resume(cls, run_dir: str | Path, iterations: int | None = None, download: bool = False) -> "Trainer":
         """Rebuild a trainer from ``run_dir`` exactly where it stopped (optionally with a new
         total number of ``iterations``)."""
         cfg = load_run_config(run_dir)
         if iterations is not None:
             cfg.train.iterations = iterations
-        tr = cls(cfg, run_dir)
+        tr = cls(cfg, run_dir, download=download)
         tr.load_state_dict(load_state(Path(run_dir) / CHECKPOINT_FILE, map_location=tr.device))
         return tr
 
