@@ -33,8 +33,7 @@ def main() -> None:
 
     cfg = mnist_cfg()
     data = torch.rand(512, 1, 28, 28) * 2 - 1  # speed does not depend on the pixels
-    tr = Trainer(cfg, data=data)
-    tr.labels = torch.randint(0, 10, (512,))
+    tr = Trainer(cfg, data=data, labels=torch.randint(0, 10, (512,)))
     for _ in range(3):
         tr.train_step()
     t0 = time.perf_counter()

@@ -178,16 +178,15 @@ def load_benchmark(name: str) -> dict:
 
 
 @torch.no_grad()
-def guided_samples(model, schedule, labels: torch.Tensor, w: float, *, steps: int = 50, seed: int = 0, batch: int = 250) -> torch.Tensor:
+def guided_samples(model, schedule, labels: torch.Tensor, w: float, *, image_size: int = 28, steps: int = 50, seed: int = 0, batch: int = 250) -> torch.Tensor:
     """Class-conditional images in [-1, 1] guided with weight ``w`` (DDIM, η = 0, x0 clipped)."""
     from .guidance import CFGModel
 
-    side = {1: 28}.get(model.config.in_channels, 32)
     out = []
     gen = torch.Generator().manual_seed(seed)
     for i in range(0, len(labels), batch):
         y = labels[i : i + batch]
-        shape = (len(y), model.config.in_channels, side, side)
+        shape = (len(y), model.config.in_channels, image_size, image_size)
         out.append(ddim_sample(CFGModel(model, y, w), schedule, shape, steps=steps, clip_x0=(-1.0, 1.0), generator=gen).x)
     return torch.cat(out)
 
@@ -207,6 +206,7 @@ def within_class_diversity(classifier, images: torch.Tensor, labels: torch.Tenso
 
 
 def guidance_sweep(model, schedule, classifier, real: torch.Tensor, ws, *, per_class: int = 20, steps: int = 50, seed: int = 0) -> list[dict]:
+    # the samples take the size of the real images they are compared with
     """Class accuracy (by ``classifier``), feature-space FID/KID against ``real`` and within-class
     diversity of guided samples, for each guidance weight in ``ws``."""
     from .classifier import accuracy, feature_fid_kid
@@ -215,7 +215,7 @@ def guidance_sweep(model, schedule, classifier, real: torch.Tensor, ws, *, per_c
     rows = []
     for w in ws:
         t0 = time.perf_counter()
-        x = guided_samples(model, schedule, labels, w, steps=steps, seed=seed)
+        x = guided_samples(model, schedule, labels, w, image_size=real.shape[-1], steps=steps, seed=seed)
         secs = time.perf_counter() - t0
         m = feature_fid_kid(classifier, real, x, kid_subset=min(100, len(x)))
         rows.append({"w": float(w), "accuracy": accuracy(classifier, x, labels), **m,

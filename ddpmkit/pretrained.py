@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from .checkpoint import _atomic_write, load_state, save_json
 from .schedules import NoiseSchedule, ScheduleConfig
@@ -27,14 +27,9 @@ def available() -> list[str]:
 
 
 def _save_weights(state: dict, path: Path) -> None:
+    """Write tensors as safetensors, atomically (the same mechanism as every checkpoint)."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
-    # safetensors writes a path; write beside the target, then rename atomically
-    tmp = path.with_suffix(".safetensors.tmp")
-    try:
-        save_file(tensors, str(tmp))
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    _atomic_write(path, lambda f: f.write(save(tensors)))
     if path.stat().st_size > MAX_BYTES:
         raise ValueError(f"{path.name} is {path.stat().st_size / 2**20:.1f} MB, over the 10 MB limit for shipped checkpoints")
 

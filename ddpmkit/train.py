@@ -162,7 +162,10 @@ class Trainer:
     the timesteps and the noise, so resuming is exact.
     """
 
-    def __init__(self, config: RunConfig, run_dir: str | Path | None = None, data: torch.Tensor | None = None, download: bool = False):
+    def __init__(
+        self, config: RunConfig, run_dir: str | Path | None = None, data: torch.Tensor | None = None,
+        download: bool = False, labels: torch.Tensor | None = None,
+    ):  # fmt: skip
         tc = config.train
         check_predictor(tc.predictor)
         for name in ("iterations", "batch_size"):
@@ -181,10 +184,12 @@ class Trainer:
             self.model = build_model(config.model).to(self.device)
         self.schedule = NoiseSchedule.from_config(config.schedule)
         self._sched_dev = self.schedule.to(self.device)
-        labels, self.data_source = None, "data given in memory"
+        self.data_source = "data given in memory"
         if data is None:
             data, labels, self.data_source = load_training_data(config.dataset, tc.n_train, tc.seed, download)
         self.data = data.to(self.device)  # (N, D) or (N, C, H, W)
+        if config.cond != "none" and labels is None:
+            raise ValueError(f"cond={config.cond!r} needs labels: pass labels=... with the in-memory data")
         self.labels = labels.to(self.device) if labels is not None and config.cond != "none" else None
         expected = (config.model.dim,) if isinstance(config.model, MLPConfig) else (config.model.in_channels,)
         if self.data.shape[1 : 1 + len(expected)] != expected:

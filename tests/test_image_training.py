@@ -174,3 +174,29 @@ def test_cli_export_and_classifier_recipe(tmp_path, monkeypatch, capsys):
     assert result["held_out_accuracy"] > 0.5  # measured 0.79 on this stand-in; chance is 0.1
     model, _, info = pretrained.load_pretrained("mnist-classifier", directory=tmp_path / "clf")
     assert info["metadata"]["data"] == "stand-in train" and isinstance(model, MNISTClassifier)
+
+
+def test_in_memory_data_needs_labels_when_conditional():
+    d = load_digits8x8()
+    with pytest.raises(ValueError, match="needs labels"):
+        Trainer(digits_config(2), data=d.images)
+    tr = Trainer(digits_config(2), data=d.images, labels=d.labels)
+    tr.train(progress=False)
+    assert tr.step == 2
+
+
+def test_guidance_sweep_rows_have_every_metric():
+    from ddpmkit.experiments import guidance_sweep
+    from ddpmkit.schedules import NoiseSchedule
+    from ddpmkit.unet import UNet
+
+    torch.manual_seed(0)
+    net = UNet(UNetConfig(base_channels=16, channel_mults=(1, 2), attn_levels=(1,), num_classes=10)).eval()
+    clf = MNISTClassifier(ClassifierConfig(features=16)).eval()
+    real = torch.rand(40, 1, 28, 28) * 2 - 1
+    rows = guidance_sweep(net, NoiseSchedule.create("linear", 20), clf, real, [0.0, 2.0], per_class=2, steps=2)
+    assert [r["w"] for r in rows] == [0.0, 2.0]
+    for r in rows:
+        assert r["samples"].shape == (20, 1, 28, 28)  # sized like the real images
+        assert {"accuracy", "fid", "kid", "diversity"} <= r.keys() and np.isfinite(r["fid"])
+        assert 0.0 <= r["accuracy"] <= 1.0
