@@ -1,8 +1,10 @@
-"""A small MNIST classifier trained by a ``ddpmkit`` recipe, and the image metrics built on it.
+"""Small image classifiers trained by ``ddpmkit`` recipes, and the image metrics built on them.
 
-It serves three purposes (issue 3 of the course): the class accuracy of conditional
-samples, FID and KID computed in *its* feature space, and the baseline for the
-training-free diffusion classifier. This FID is **not** Inception-FID: the Inception
+The MNIST classifier serves three purposes (issue 3 of the course): the class accuracy of
+conditional samples, FID and KID computed in *its* feature space, and the baseline for the
+training-free diffusion classifier. The same network with ``multilabel=True``, 3 channels
+and 9 sigmoid outputs is the *shapes evaluator*: it reads which of the 9 colour-shape
+labels an image shows, as the iCLEVR evaluator of the 003 report does. This FID is **not** Inception-FID: the Inception
 weights cannot be downloaded offline, and Inception features of 28×28 digits mean little
 anyway. Numbers from this FID are comparable with each other, not with published FIDs.
 """
@@ -27,26 +29,49 @@ class ClassifierConfig:
     batch_size: int = 128  # images per step
     lr: float = 1e-3  # Adam learning rate
     seed: int = 0  # initial weights and batch order
+    in_channels: int = 1  # 1 for MNIST, 3 for the shapes set
+    image_size: int = 28  # input side (28 MNIST, 32 shapes); must be divisible by 4
+    num_outputs: int = 10  # classes (softmax) or labels (sigmoid)
+    multilabel: bool = False  # True: independent sigmoid per label (the shapes evaluator)
+
+    def __post_init__(self):
+        if self.image_size % 4:
+            raise ValueError(f"image_size must be divisible by 4 (two 2× poolings), got {self.image_size}")
 
     def to_dict(self) -> dict:
         return {**asdict(self), "channels": list(self.channels)}
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "ClassifierConfig":
+        return cls(**{**d, "channels": tuple(d["channels"])})
 
-class MNISTClassifier(nn.Module):
-    """[Conv3-ReLU-Conv3-ReLU-MaxPool] × 2 → Linear(features) → ReLU → Linear(10).
 
-    Inputs are images in [-1, 1] of shape (B, 1, 28, 28).
+def shapes_evaluator_config(seed: int = 0) -> ClassifierConfig:
+    """The shapes evaluator recipe: 3×32×32 in, 9 sigmoid outputs (one per colour-shape label)."""
+    from .images import SHAPE_LABELS
+
+    return ClassifierConfig(
+        in_channels=3, image_size=32, num_outputs=len(SHAPE_LABELS), multilabel=True,
+        epochs=3, batch_size=64, lr=2e-3, seed=seed,
+    )  # fmt: skip
+
+
+class ImageClassifier(nn.Module):
+    """[Conv3-ReLU-Conv3-ReLU-MaxPool] × 2 → Linear(features) → ReLU → Linear(num_outputs).
+
+    Inputs are images in [-1, 1] of shape (B, in_channels, image_size, image_size).
     """
 
     def __init__(self, config: ClassifierConfig = ClassifierConfig()):
         super().__init__()
-        c1, c2 = config.channels
+        self.config = config
+        c1, c2, side = *config.channels, config.image_size // 4
         self.body = nn.Sequential(
-            nn.Conv2d(1, c1, 3, padding=1), nn.ReLU(), nn.Conv2d(c1, c1, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(config.in_channels, c1, 3, padding=1), nn.ReLU(), nn.Conv2d(c1, c1, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
             nn.Conv2d(c1, c2, 3, padding=1), nn.ReLU(), nn.Conv2d(c2, c2, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Flatten(), nn.Linear(c2 * 7 * 7, config.features), nn.ReLU(),
+            nn.Flatten(), nn.Linear(c2 * side * side, config.features), nn.ReLU(),
         )  # fmt: skip
-        self.head = nn.Sequential(nn.Dropout(0.3), nn.Linear(config.features, 10))
+        self.head = nn.Sequential(nn.Dropout(0.3), nn.Linear(config.features, config.num_outputs))
         self.num_features = config.features  # read by torchmetrics for a custom feature extractor
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -54,13 +79,13 @@ class MNISTClassifier(nn.Module):
         return self.body(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.body(x))  # (B, 10) logits
+        return self.head(self.body(x))  # (B, num_outputs) logits
 
 
 class _Features(nn.Module):
     """Adapter: torchmetrics calls ``feature(imgs)`` and reads ``num_features``."""
 
-    def __init__(self, clf: MNISTClassifier):
+    def __init__(self, clf: ImageClassifier):
         super().__init__()
         self.clf, self.num_features = clf, clf.num_features
 
@@ -68,12 +93,13 @@ class _Features(nn.Module):
         return self.clf.features(x).double()
 
 
-def train_classifier(images: torch.Tensor, labels: torch.Tensor, config: ClassifierConfig = ClassifierConfig(), progress: bool = True) -> MNISTClassifier:
-    """Train the classifier with Adam and light random shifts (±2 pixels)."""
+def train_classifier(images: torch.Tensor, labels: torch.Tensor, config: ClassifierConfig = ClassifierConfig(), progress: bool = True) -> ImageClassifier:
+    """Train the classifier with Adam and light random shifts (±2 pixels); cross-entropy on
+    class indices, or binary cross-entropy on multi-hot labels when ``config.multilabel``."""
     g = torch.Generator().manual_seed(config.seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        model = MNISTClassifier(config)
+        model = ImageClassifier(config)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
     n = len(images)
     steps = config.epochs * ((n + config.batch_size - 1) // config.batch_size)
@@ -88,7 +114,11 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor, config: Classif
             x = torch.roll(x, shifts=(dy, dx), dims=(2, 3))
             with torch.random.fork_rng(devices=[]):  # dropout draws from a seeded stream
                 torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=g)))
-                loss = F.cross_entropy(model(x), labels[idx])
+                logits = model(x)  # (B, num_outputs)
+                if config.multilabel:
+                    loss = F.binary_cross_entropy_with_logits(logits, labels[idx].float())
+                else:
+                    loss = F.cross_entropy(logits, labels[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -99,19 +129,44 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor, config: Classif
 
 
 @torch.no_grad()
-def predict(model: MNISTClassifier, images: torch.Tensor, batch: int = 500) -> torch.Tensor:
-    """Predicted classes. (N,)"""
+def predict(model: ImageClassifier, images: torch.Tensor, batch: int = 500) -> torch.Tensor:
+    """Predicted classes (N,), or for a multi-label model the multi-hot prediction (N, L)
+    (each label present when its sigmoid exceeds 0.5)."""
     model.eval()
-    return torch.cat([model(images[i : i + batch]).argmax(1) for i in range(0, len(images), batch)])
+    logits = torch.cat([model(images[i : i + batch]) for i in range(0, len(images), batch)])
+    return (logits > 0).float() if model.config.multilabel else logits.argmax(1)
 
 
-def accuracy(model: MNISTClassifier, images: torch.Tensor, labels: torch.Tensor) -> float:
+def accuracy(model: ImageClassifier, images: torch.Tensor, labels: torch.Tensor) -> float:
     """Fraction of ``images`` classified as ``labels``."""
+    if model.config.multilabel:
+        raise ValueError("accuracy() is for class labels; use multilabel_accuracy() for a multi-label model")
     return float((predict(model, images) == labels.to(torch.long)).float().mean())
 
 
+def multilabel_accuracy(model: ImageClassifier, images: torch.Tensor, labels: torch.Tensor) -> dict:
+    """How well images show their multi-hot ``labels`` (N, L), read by a multi-label model.
+
+    * ``label_recall``: the 003 report's iCLEVR metric: of the requested labels, the fraction
+      the evaluator detects (its ``eval``: correct top-k over requested objects, k = #requested);
+      here "detects" means sigmoid > 0.5;
+    * ``exact``: the fraction of images whose predicted label set equals the requested one
+      (no missing and no extra objects);
+    * ``per_label``: accuracy of each of the L yes/no decisions, averaged over images and labels.
+    """
+    if not model.config.multilabel:
+        raise ValueError("multilabel_accuracy() needs a multi-label model (ClassifierConfig(multilabel=True))")
+    pred, y = predict(model, images), labels.float()
+    hits = (pred * y).sum()
+    return {
+        "label_recall": float(hits / y.sum().clamp_min(1)),
+        "exact": float((pred == y).all(1).float().mean()),
+        "per_label": float((pred == y).float().mean()),
+    }
+
+
 @torch.no_grad()
-def feature_fid_kid(model: MNISTClassifier, real: torch.Tensor, fake: torch.Tensor, kid_subset: int = 100) -> dict:
+def feature_fid_kid(model: ImageClassifier, real: torch.Tensor, fake: torch.Tensor, kid_subset: int = 100) -> dict:
     """FID and KID between ``real`` and ``fake`` images (both in [-1, 1]) in the classifier's
     feature space, computed by torchmetrics. Returns ``{"fid", "kid", "kid_std"}``."""
     from torchmetrics.image.fid import FrechetInceptionDistance

@@ -60,8 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a DDPM on a vector data set", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     t.add_argument("--dataset", type=_train_dataset, default="swiss_roll", help=f"one of {', '.join(DATASETS)}, mnist, digits8x8, shapes (default swiss_roll)")
-    t.add_argument("--recipe", default=None, help="a named recipe (mnist-cfg, swiss-roll, mnist-classifier): its whole config; --iterations/--seed/--device still apply")
-    t.add_argument("--cond", choices=("none", "class", "multi"), default=None, help="image conditioning (default: class for mnist/digits8x8, multi for shapes)")
+    t.add_argument("--recipe", default=None, help="a named recipe (mnist-cfg, shapes-cfg, swiss-roll, mnist-classifier, shapes-evaluator): its whole config; --iterations/--seed/--device still apply")
+    t.add_argument("--cond", choices=("none", "class", "multi"), default=None, help="conditioning (default: class for mnist/digits8x8, multi for shapes, none for vector sets; class works for moons, circles, eight_gaussians, digits64)")
     t.add_argument("--out", required=True, type=Path, help="run folder to create (config.json, checkpoint.pt)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
     t.add_argument("--download", action="store_true", help="mnist: let torchvision download the data set into $DDPMKIT_DATA (needs internet)")
@@ -79,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--T", type=_positive_int, default=1000, help="diffusion steps")
     t.add_argument("--beta-1", type=float, default=1e-4)
     t.add_argument("--beta-T", type=float, default=0.02)
+    t.add_argument("--label-dropout", type=float, default=0.1, help="conditional runs: P(label -> null token), for guidance")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     t.add_argument("--no-progress", action="store_true")
@@ -127,8 +128,9 @@ def _train(a) -> int:
     from .schedules import ScheduleConfig
     from .train import RunConfig, TrainConfig, Trainer
     from .data import DIMS
+    from .recipes import CLASSIFIER_RECIPES
 
-    if a.recipe == "mnist-classifier":
+    if a.recipe in CLASSIFIER_RECIPES:
         return _train_classifier(a)
     if a.resume:
         tr = Trainer.resume(a.out, a.iterations, download=a.download)
@@ -143,14 +145,21 @@ def _train(a) -> int:
         cfg.train.seed, cfg.train.device = a.seed, a.device
         tr = Trainer(cfg, a.out, download=a.download)
     else:
+        from .data import NUM_CLASSES
+
+        if a.cond == "multi":
+            raise ValueError("--cond multi needs the shapes set; vector data sets take --cond class or none")
+        if a.cond == "class" and a.dataset not in NUM_CLASSES:
+            raise ValueError(f"--cond class needs a labelled data set ({', '.join(NUM_CLASSES)}); {a.dataset} has no classes")
+        n_cls = NUM_CLASSES[a.dataset] if a.cond == "class" else None
         cfg = RunConfig(
-            dataset=a.dataset,
-            model=MLPConfig(kind=a.model, dim=DIMS[a.dataset], hidden=tuple(a.hidden)),
+            dataset=a.dataset, cond=a.cond or "none",
+            model=MLPConfig(kind=a.model, dim=DIMS[a.dataset], hidden=tuple(a.hidden), num_classes=n_cls),
             schedule=ScheduleConfig(name=a.schedule, T=a.T, beta_1=a.beta_1, beta_T=a.beta_T),
             train=TrainConfig(
                 iterations=a.iterations or 5000, batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay,
                 warmup=a.warmup, grad_clip=a.grad_clip, ema_decay=a.ema_decay, predictor=a.predictor,
-                seed=a.seed, device=a.device,
+                seed=a.seed, device=a.device, label_dropout=a.label_dropout,
             ),
         )  # fmt: skip
         tr = Trainer(cfg, a.out)
@@ -160,23 +169,28 @@ def _train(a) -> int:
 
 
 def _train_classifier(a) -> int:
-    """The MNIST classifier recipe: train, report held-out accuracy, save safetensors + JSON."""
+    """The evaluator recipes (mnist-classifier, shapes-evaluator): train, report held-out
+    accuracy, save ``OUT/NAME.safetensors`` + ``OUT/NAME.json``."""
     import time
 
-    from .classifier import ClassifierConfig, accuracy, train_classifier
-    from .images import load_mnist
+    from .classifier import ClassifierConfig, accuracy, multilabel_accuracy, shapes_evaluator_config, train_classifier
+    from .images import load_mnist, make_shapes
     from .pretrained import export_module
     from .train import hardware
 
-    cfg = ClassifierConfig(seed=a.seed)
-    train, held = load_mnist("train"), load_mnist("eval")
+    if a.recipe == "mnist-classifier":
+        cfg = ClassifierConfig(seed=a.seed)
+        train, held = load_mnist("train", download=a.download), load_mnist("eval", download=a.download)
+    else:  # shapes-evaluator: its own draws, and a held-out draw from another seed
+        cfg = shapes_evaluator_config(seed=a.seed)
+        train, held = make_shapes(20000, seed=a.seed), make_shapes(1000, seed=a.seed + 10_000)
     t0 = time.perf_counter()
     clf = train_classifier(train.images, train.labels, cfg, progress=not a.no_progress)
-    acc = accuracy(clf, held.images, held.labels)
-    meta = {"data": train.source, "evaluated_on": held.source, "held_out_accuracy": acc, "seed": a.seed,
+    scores = multilabel_accuracy(clf, held.images, held.labels) if cfg.multilabel else {"accuracy": accuracy(clf, held.images, held.labels)}
+    meta = {"data": train.source, "evaluated_on": held.source, "held_out": scores, "seed": a.seed,
             "wall_time_s": round(time.perf_counter() - t0, 1), "hardware": hardware()}  # fmt: skip
-    path = export_module(clf, "mnist-classifier", "mnist-classifier", cfg.to_dict(), meta, out_dir=a.out)
-    print(json.dumps({"written": str(path), "held_out_accuracy": acc}))
+    path = export_module(clf, a.recipe, "classifier", cfg.to_dict(), meta, out_dir=a.out)
+    print(json.dumps({"written": str(path), "held_out": scores}))
     return 0
 
 
@@ -275,14 +289,8 @@ def _sample(a) -> int:
     if image:
         side = IMAGE_SIZES[cfg.dataset]
         shape: tuple[int, ...] = (a.n, cfg.model.in_channels, side, side)
-        y = _labels(a, cfg, a.n)
-        w = a.guidance if a.guidance is not None else float(info.get("guidance_w", 0.0))
-        if y is not None:
-            model = CFGModel(model, y, w)
         clip = (-1.0, 1.0)
     else:
-        if a.label is not None or a.guidance is not None:
-            raise ValueError("--label and --guidance apply to image models only")
         shape, clip = (a.n, cfg.model.dim), None
     x_T = None
     if a.prior is not None:
@@ -291,6 +299,11 @@ def _sample(a) -> int:
         x_T = np.load(a.prior)
         if x_T.shape[1:] != shape[1:]:
             raise ValueError(f"--prior must have shape (n, {', '.join(map(str, shape[1:]))}), got {x_T.shape}")
+    y = _labels(a, cfg, a.n if x_T is None else len(x_T))
+    if y is not None:
+        model = CFGModel(model, y, a.guidance if a.guidance is not None else float(info.get("guidance_w", 0.0)))
+    elif a.guidance is not None:
+        raise ValueError("--guidance needs a conditional model (trained with --cond class or multi)")
     gen = torch.Generator().manual_seed(a.seed)
     common = dict(x_T=x_T, predictor=cfg.train.predictor, generator=gen, progress=not a.no_progress, clip_x0=clip)
     if a.sampler == "ddim":

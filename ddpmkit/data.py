@@ -16,6 +16,7 @@ from sklearn import datasets as skd
 DatasetName = Literal["swiss_roll", "moons", "circles", "eight_gaussians", "checkerboard", "s_curve", "digits64"]
 DATASETS: tuple[str, ...] = ("swiss_roll", "moons", "circles", "eight_gaussians", "checkerboard", "s_curve", "digits64")
 DIMS = {name: 2 for name in DATASETS} | {"digits64": 64}
+NUM_CLASSES = {"moons": 2, "circles": 2, "eight_gaussians": 8, "digits64": 10}  # sets with class labels
 
 
 def normalize(x: np.ndarray, scale: float = 2.0) -> np.ndarray:

@@ -206,9 +206,9 @@ def within_class_diversity(classifier, images: torch.Tensor, labels: torch.Tenso
 
 
 def guidance_sweep(model, schedule, classifier, real: torch.Tensor, ws, *, per_class: int = 20, steps: int = 50, seed: int = 0) -> list[dict]:
-    # the samples take the size of the real images they are compared with
     """Class accuracy (by ``classifier``), feature-space FID/KID against ``real`` and within-class
-    diversity of guided samples, for each guidance weight in ``ws``."""
+    diversity of guided samples, for each guidance weight in ``ws``. The samples take the
+    size of the real images they are compared with."""
     from .classifier import accuracy, feature_fid_kid
 
     labels = torch.arange(10).repeat_interleave(per_class)

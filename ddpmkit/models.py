@@ -9,6 +9,10 @@
 
 Every network takes ``(x, t)`` with ``x`` (B, D) and integer ``t`` of shape (B,) or (1,);
 a (1,) timestep is shared by the whole batch (the samplers use this: one embedding per step).
+With ``num_classes=K`` a network also takes class labels ``y`` (B,) in 0..K, where K is the
+*null token* of classifier-free guidance (``y=None`` means the null token): the label enters
+through ``nn.Embedding(K + 1, ·)``, added to the time gate (timelinear) or concatenated with
+the time embedding (concat), the same two routes as the UNet's time + label embedding.
 """
 
 from __future__ import annotations
@@ -50,13 +54,18 @@ class TimeEmbedding(nn.Module):
 class TimeLinear(nn.Module):
     """y = (W x + b) ⊙ a(t): a linear layer modulated by an MLP of the time embedding."""
 
-    def __init__(self, dim_in: int, dim_out: int, freq_dim: int = 256):
+    def __init__(self, dim_in: int, dim_out: int, freq_dim: int = 256, num_classes: int | None = None):
         super().__init__()
         self.fc = nn.Linear(dim_in, dim_out)
         self.time_embedding = TimeEmbedding(dim_out, freq_dim)
+        # class-conditional: a per-layer label embedding added to the time gate (index K = null)
+        self.label_embedding = nn.Embedding(num_classes + 1, dim_out) if num_classes is not None else None
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return self.fc(x) * self.time_embedding(t)  # (B, dim_out) ⊙ (B or 1, dim_out)
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        gate = self.time_embedding(t)  # (B or 1, dim_out)
+        if self.label_embedding is not None and y is not None:
+            gate = gate + self.label_embedding(y)  # (B, dim_out)
+        return self.fc(x) * gate  # (B, dim_out) ⊙ (B or 1, dim_out)
 
 
 @dataclass
@@ -68,6 +77,7 @@ class MLPConfig:
     hidden: tuple[int, ...] = (128, 128, 128)  # hidden widths (KAIST A1: [128, 128, 128])
     freq_dim: int = 256  # sinusoidal features fed to each time MLP (timelinear) (KAIST: 256)
     temb_dim: int = 128  # time-embedding width concatenated to x (concat) (CS726: 128)
+    num_classes: int | None = None  # class-conditional with K classes (+1 null token); None: unconditional
 
     def to_dict(self) -> dict:
         return {**asdict(self), "hidden": list(self.hidden)}
@@ -84,13 +94,20 @@ class TimeLinearMLP(nn.Module):
         super().__init__()
         self.config = config
         dims = [config.dim, *config.hidden]
-        self.layers = nn.ModuleList(TimeLinear(a, b, config.freq_dim) for a, b in zip(dims[:-1], dims[1:]))
+        self.layers = nn.ModuleList(
+            TimeLinear(a, b, config.freq_dim, config.num_classes) for a, b in zip(dims[:-1], dims[1:])
+        )
         self.out = nn.Linear(dims[-1], config.dim)
         self.act = nn.SiLU()
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    @property
+    def null_label(self) -> int:
+        return _null_label(self.config)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        y = _labels(self.config, y, x.shape[0], x.device)
         for layer in self.layers:
-            x = self.act(layer(x, t))  # (B, hidden_k)
+            x = self.act(layer(x, t, y))  # (B, hidden_k)
         return self.out(x)  # (B, D)
 
 
@@ -100,15 +117,48 @@ class ConcatMLP(nn.Module):
     def __init__(self, config: MLPConfig):
         super().__init__()
         self.config = config
-        dims = [config.dim + config.temb_dim, *config.hidden]
+        n_cls = config.num_classes
+        self.label_embedding = nn.Embedding(n_cls + 1, config.temb_dim) if n_cls is not None else None
+        dims = [config.dim + config.temb_dim * (1 if n_cls is None else 2), *config.hidden]
         layers: list[nn.Module] = []
         for a, b in zip(dims[:-1], dims[1:]):
             layers += [nn.Linear(a, b), nn.SiLU()]
         self.net = nn.Sequential(*layers, nn.Linear(dims[-1], config.dim))
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    @property
+    def null_label(self) -> int:
+        return _null_label(self.config)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         emb = timestep_embedding(t.reshape(-1), self.config.temb_dim).expand(x.shape[0], -1)  # (B, temb)
-        return self.net(torch.cat([x, emb], dim=-1))  # (B, D)
+        parts = [x, emb]
+        y = _labels(self.config, y, x.shape[0], x.device)
+        if y is not None:
+            parts.append(self.label_embedding(y))  # (B, temb)
+        return self.net(torch.cat(parts, dim=-1))  # (B, D)
+
+
+def _null_label(config: MLPConfig) -> int:
+    if config.num_classes is None:
+        raise ValueError("this MLP is not class-conditional (num_classes=None)")
+    return config.num_classes
+
+
+def _labels(config: MLPConfig, y: torch.Tensor | None, batch: int, device: torch.device) -> torch.Tensor | None:
+    """Checked class labels (B,) for a conditional MLP (``None`` → the null token); None if unconditional."""
+    if config.num_classes is None:
+        if y is not None:
+            raise ValueError("labels y were given to an unconditional MLP; build it with num_classes=K")
+        return None
+    if y is None:
+        return torch.full((batch,), config.num_classes, dtype=torch.long, device=device)
+    y = y.to(device=device, dtype=torch.long).reshape(-1).expand(batch) if y.numel() == 1 else y.to(device)
+    if y.shape != (batch,) or (y < 0).any() or (y > config.num_classes).any():
+        raise ValueError(
+            f"class labels must have shape ({batch},) with values in [0, {config.num_classes}] "
+            f"({config.num_classes} is the null token), got shape {tuple(y.shape)}"
+        )
+    return y
 
 
 def build_model(config: MLPConfig) -> nn.Module:

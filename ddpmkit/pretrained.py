@@ -73,11 +73,10 @@ def load_pretrained(name: str, device: str = "cpu", directory: Path = CHECKPOINT
         model = build_model(cfg.model)
         model.load_state_dict(weights)
         return model.to(device).eval(), NoiseSchedule.from_config(cfg.schedule), info
-    if info["kind"] == "mnist-classifier":
-        from .classifier import ClassifierConfig, MNISTClassifier
+    if info["kind"] == "classifier":
+        from .classifier import ClassifierConfig, ImageClassifier
 
-        c = info["config"]
-        model = MNISTClassifier(ClassifierConfig(**{**c, "channels": tuple(c["channels"])}))
+        model = ImageClassifier(ClassifierConfig.from_dict(info["config"]))
         model.load_state_dict(weights)
         return model.to(device).eval(), None, info
     raise ValueError(f"{name}.json has unknown kind {info['kind']!r}")

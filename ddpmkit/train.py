@@ -175,8 +175,10 @@ class Trainer:
             raise ValueError(f"lr must be > 0, got lr={tc.lr}")
         if config.cond not in ("none", "class", "multi"):
             raise ValueError(f"unknown cond={config.cond!r}; choose 'none', 'class' or 'multi'")
-        if config.cond != "none" and not isinstance(config.model, UNetConfig):
-            raise ValueError("conditioning needs the UNet (image data sets); the vector MLPs are unconditional")
+        if config.cond == "multi" and not isinstance(config.model, UNetConfig):
+            raise ValueError("multi-label conditioning needs the UNet (the shapes set); the vector MLPs take class labels only")
+        if config.cond == "class" and getattr(config.model, "num_classes", None) is None:
+            raise ValueError("cond='class' needs a network built with num_classes=K (MLPConfig or UNetConfig)")
         self.config, self.run_dir = config, Path(run_dir) if run_dir else None
         self.device = resolve_device(tc.device)
         with torch.random.fork_rng(devices=[]):  # seeded initial weights, global RNG left as it was
