@@ -171,26 +171,12 @@ def _train(a) -> int:
 def _train_classifier(a) -> int:
     """The evaluator recipes (mnist-classifier, shapes-evaluator): train, report held-out
     accuracy, save ``OUT/NAME.safetensors`` + ``OUT/NAME.json``."""
-    import time
-
-    from .classifier import ClassifierConfig, accuracy, multilabel_accuracy, shapes_evaluator_config, train_classifier
-    from .images import load_mnist, make_shapes
+    from .classifier import train_evaluator
     from .pretrained import export_module
-    from .train import hardware
 
-    if a.recipe == "mnist-classifier":
-        cfg = ClassifierConfig(seed=a.seed)
-        train, held = load_mnist("train", download=a.download), load_mnist("eval", download=a.download)
-    else:  # shapes-evaluator: its own draws, and a held-out draw from another seed
-        cfg = shapes_evaluator_config(seed=a.seed)
-        train, held = make_shapes(20000, seed=a.seed), make_shapes(1000, seed=a.seed + 10_000)
-    t0 = time.perf_counter()
-    clf = train_classifier(train.images, train.labels, cfg, progress=not a.no_progress)
-    scores = multilabel_accuracy(clf, held.images, held.labels) if cfg.multilabel else {"accuracy": accuracy(clf, held.images, held.labels)}
-    meta = {"data": train.source, "evaluated_on": held.source, "held_out": scores, "seed": a.seed,
-            "wall_time_s": round(time.perf_counter() - t0, 1), "hardware": hardware()}  # fmt: skip
-    path = export_module(clf, a.recipe, "classifier", cfg.to_dict(), meta, out_dir=a.out)
-    print(json.dumps({"written": str(path), "held_out": scores}))
+    clf, meta = train_evaluator(a.recipe, seed=a.seed, download=a.download, progress=not a.no_progress)
+    path = export_module(clf, a.recipe, "classifier", clf.config.to_dict(), meta, out_dir=a.out)
+    print(json.dumps({"written": str(path), "held_out": meta["held_out"]}))
     return 0
 
 

@@ -36,12 +36,30 @@ class BookSize:
     ddim_steps: tuple[int, ...]  # DDIM step counts in the sampling chapter
     elbo_points: int  # held-out points for the ELBO
     T_main: int  # T of the main runs (Ho et al.: 1,000)
+    # --- image chapters (smoke and quick load the shipped checkpoints; full retrains them)
+    per_class: int = 30  # guided samples per class (MNIST) or per label set (shapes) in each sweep
+    image_steps: int = 50  # DDIM steps for image sampling in the sweeps
+    guidance_ws: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0)  # guidance weights swept (CS726 convention)
+    image_ddim_steps: tuple[int, ...] = (5, 10, 20, 50, 100)  # DDIM step counts in the image-sampling chapter
+    ddpm_reference: int = 100  # images drawn by 1,000-step ancestral DDPM as the reference there
+    n_real: int = 1000  # held-out real images for FID/KID
+    classify_n: int = 200  # held-out images (and moons points) for the training-free classifier
+    moons_iterations: int = 5000  # training steps of the class-conditional moons MLP
+    retrain: bool = False  # True (full): train every image model by its recipe instead of loading it
 
 
 SIZES: dict[str, BookSize] = {
-    "smoke": BookSize(300, 150, (10, 50), 50, 256, (5, 20), 32, 100),
+    "smoke": BookSize(
+        300, 150, (10, 50), 50, 256, (5, 20), 32, 100,
+        per_class=1, image_steps=5, guidance_ws=(0.0, 2.0), image_ddim_steps=(2, 5), ddpm_reference=4,
+        n_real=100, classify_n=10, moons_iterations=300,
+    ),
     "quick": BookSize(5000, 2000, (10, 25, 50, 100, 200, 500, 1000), 200, 2048, (5, 10, 20, 50, 100, 250, 1000), 256, 1000),
-    "full": BookSize(20000, 10000, (10, 25, 50, 100, 200, 500, 1000, 2000), 200, 8192, (5, 10, 20, 50, 100, 250, 1000), 2048, 1000),
+    "full": BookSize(
+        20000, 10000, (10, 25, 50, 100, 200, 500, 1000, 2000), 200, 8192, (5, 10, 20, 50, 100, 250, 1000), 2048, 1000,
+        per_class=100, guidance_ws=(0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0), image_ddim_steps=(5, 10, 20, 50, 100, 250),
+        ddpm_reference=500, n_real=1000, classify_n=1000, moons_iterations=10000, retrain=True,
+    ),
 }
 
 
@@ -58,13 +76,16 @@ def run_config(
     schedule: ScheduleConfig | None = None,
     predictor: Predictor = "eps",
     seed: int = 0,
+    num_classes: int | None = None,
     **train_kwargs,
 ) -> RunConfig:
-    """A :class:`RunConfig` with the KAIST A1 defaults, changed where asked."""
+    """A :class:`RunConfig` with the KAIST A1 defaults, changed where asked; with
+    ``num_classes`` a class-conditional run (label dropout 0.1 for guidance)."""
     sched = schedule if schedule is not None else ScheduleConfig(T=T)
     return RunConfig(
         dataset=dataset,  # type: ignore[arg-type]
-        model=MLPConfig(dim=DIMS[dataset]),
+        cond="none" if num_classes is None else "class",
+        model=MLPConfig(dim=DIMS[dataset], num_classes=num_classes),
         schedule=sched,
         train=TrainConfig(iterations=iterations, predictor=predictor, seed=seed, checkpoint_every=iterations, **train_kwargs),
     )
@@ -220,4 +241,119 @@ def guidance_sweep(model, schedule, classifier, real: torch.Tensor, ws, *, per_c
         m = feature_fid_kid(classifier, real, x, kid_subset=min(100, len(x)))
         rows.append({"w": float(w), "accuracy": accuracy(classifier, x, labels), **m,
                      "diversity": within_class_diversity(classifier, x, labels), "seconds": secs, "samples": x})  # fmt: skip
+    return rows
+
+
+# --- image chapters ---------------------------------------------------------------------
+
+
+def image_model(name: str, size: BookSize | None = None, progress: bool = False):
+    """``(model, schedule, info)`` for a shipped diffusion checkpoint: loaded in smoke and
+    quick, retrained by its recipe (``ddpmkit.recipes``) in full. ``info`` carries the
+    config, the metadata (data actually used, steps, wall time, hardware) and the loss curve."""
+    from .pretrained import load_pretrained, loss_curve
+    from .recipes import get_recipe
+
+    size = size or book_size()
+    if not size.retrain:
+        return load_pretrained(name)
+    cfg = get_recipe(name)
+    tr = Trainer(cfg)
+    tr.train(progress=progress)
+    info = {"config": cfg.to_dict(), "metadata": tr.metadata(), "loss_curve": loss_curve(tr.losses)}
+    return tr.sampling_model.eval(), tr.schedule, info
+
+
+def evaluator(name: str, size: BookSize | None = None, progress: bool = False):
+    """``(classifier, info)`` for an evaluator recipe (mnist-classifier, shapes-evaluator):
+    loaded in smoke and quick, retrained in full."""
+    from .classifier import train_evaluator
+    from .pretrained import load_pretrained
+
+    size = size or book_size()
+    if not size.retrain:
+        clf, _, info = load_pretrained(name)
+        return clf, info
+    clf, meta = train_evaluator(name, progress=progress)
+    return clf, {"config": clf.config.to_dict(), "metadata": meta}
+
+
+def choose_guidance(rows: Sequence[dict], min_accuracy: float = 0.95) -> float:
+    """The smallest swept w whose class accuracy reaches ``min_accuracy`` (guidance trades
+    diversity for fidelity, so the least guidance that meets the bar keeps the most
+    diversity); the most accurate w if none does."""
+    ok = [r["w"] for r in rows if r["accuracy"] >= min_accuracy]
+    return min(ok) if ok else max(rows, key=lambda r: r["accuracy"])["w"]
+
+
+def ddim_steps_sweep(model, schedule, classifier, real: torch.Tensor, w: float, steps: Sequence[int], *,
+                     per_class: int, ddpm_n: int = 0, seed: int = 0) -> list[dict]:  # fmt: skip
+    """Guided MNIST samples by DDIM (η = 0) at each step count, and by 1,000-step ancestral
+    DDPM on ``ddpm_n`` images as the reference: class accuracy, feature FID/KID and seconds."""
+    from .classifier import accuracy, feature_fid_kid
+    from .guidance import CFGModel
+
+    labels = torch.arange(10).repeat_interleave(per_class)
+    rows = []
+    for S in steps:
+        t0 = time.perf_counter()
+        x = guided_samples(model, schedule, labels, w, image_size=real.shape[-1], steps=S, seed=seed)
+        secs = time.perf_counter() - t0
+        rows.append({"sampler": "DDIM", "steps": S, "n": len(x), "accuracy": accuracy(classifier, x, labels),
+                     **feature_fid_kid(classifier, real, x, kid_subset=min(100, len(x))),
+                     "seconds_per_image": secs / len(x), "samples": x})  # fmt: skip
+    if ddpm_n:
+        y = torch.arange(ddpm_n) % 10
+        t0 = time.perf_counter()
+        shape = (ddpm_n, model.config.in_channels, real.shape[-1], real.shape[-1])
+        x = ddpm_sample(CFGModel(model, y, w), schedule, shape, clip_x0=(-1.0, 1.0), generator=torch.Generator().manual_seed(seed)).x
+        secs = time.perf_counter() - t0
+        rows.append({"sampler": "DDPM", "steps": schedule.T, "n": ddpm_n, "accuracy": accuracy(classifier, x, y),
+                     **feature_fid_kid(classifier, real, x, kid_subset=min(100, ddpm_n)),
+                     "seconds_per_image": secs / ddpm_n, "samples": x})  # fmt: skip
+    return rows
+
+
+def shapes_guidance_sweep(model, schedule, evaluator_model, label_sets: torch.Tensor, ws, *, steps: int = 50, seed: int = 0) -> list[dict]:
+    """Guided shapes for the multi-hot ``label_sets`` (N, 9), scored by the shapes evaluator
+    (:func:`ddpmkit.classifier.multilabel_accuracy`) at each guidance weight."""
+    from .classifier import multilabel_accuracy
+
+    rows = []
+    for w in ws:
+        t0 = time.perf_counter()
+        x = guided_samples(model, schedule, label_sets, w, image_size=32, steps=steps, seed=seed)
+        secs = time.perf_counter() - t0
+        rows.append({"w": float(w), **multilabel_accuracy(evaluator_model, x, label_sets), "seconds": secs, "samples": x})
+    return rows
+
+
+def nearest_label(points: np.ndarray | torch.Tensor, reference: np.ndarray, reference_labels: np.ndarray) -> np.ndarray:
+    """The label of each point's nearest reference point (a 1-NN classifier for 2-D data)."""
+    d = torch.cdist(torch.as_tensor(np.asarray(points), dtype=torch.float32), torch.from_numpy(reference).float())
+    return reference_labels[d.argmin(1).numpy()]
+
+
+def moons_guidance_sweep(trainer: Trainer, ws, *, n_per_class: int = 1000, steps: int = 100, seed: int = 0) -> list[dict]:
+    """Guided samples of each moon at each w: class accuracy by 1-NN against 20,000 labelled
+    real points, EMD to that class's real points (lower: closer to the class distribution)
+    and the per-class spread (mean distance to the class's sample mean: a diversity measure)."""
+    from .guidance import CFGModel
+    from .metrics import emd
+
+    ref, ref_y = load_dataset("moons", 20000, seed=99, return_labels=True)
+    rows = []
+    for w in ws:
+        row: dict = {"w": float(w), "samples": {}}
+        acc, emds, spread = [], [], []
+        for c in (0, 1):
+            y = torch.full((n_per_class,), c)
+            gen = torch.Generator().manual_seed(seed + c)
+            x = ddim_sample(CFGModel(trainer.sampling_model, y, w), trainer.schedule, (n_per_class, 2), steps=steps, generator=gen).x
+            acc.append(float((nearest_label(x, ref, ref_y) == c).mean()))
+            emds.append(emd(x.numpy(), ref[ref_y == c], n=n_per_class, repeats=1, seed=seed))
+            spread.append(float((x - x.mean(0)).norm(dim=1).mean()))
+            row["samples"][c] = x.numpy()
+        row.update(accuracy=float(np.mean(acc)), emd=float(np.mean(emds)), spread=float(np.mean(spread)))
+        rows.append(row)
     return rows

@@ -42,8 +42,19 @@ def export_run(run_dir: str | Path, name: str, extra: dict | None = None, out_di
     state = load_state(run_dir / "checkpoint.pt")
     out_dir.mkdir(parents=True, exist_ok=True)
     _save_weights(state["ema"] if state.get("ema") is not None else state["model"], out_dir / f"{name}.safetensors")
-    save_json({"kind": "diffusion", "config": cfg, "metadata": meta, **(extra or {})}, out_dir / f"{name}.json")
+    curve = loss_curve(state["losses"].tolist())
+    save_json({"kind": "diffusion", "config": cfg, "metadata": meta, "loss_curve": curve, **(extra or {})}, out_dir / f"{name}.json")
     return out_dir / f"{name}.safetensors"
+
+
+def loss_curve(losses: list[float], window: int = 50) -> dict:
+    """The training curve, kept small: the mean loss of each ``window`` consecutive steps.
+    Returns ``{"step": [...], "loss": [...]}`` (step = the last step of each window)."""
+    steps, means = [], []
+    for i in range(0, len(losses) - window + 1, window):
+        steps.append(i + window)
+        means.append(round(sum(losses[i : i + window]) / window, 6))
+    return {"step": steps, "loss": means}
 
 
 def export_module(model: torch.nn.Module, name: str, kind: str, config: dict, metadata: dict, out_dir: Path = CHECKPOINT_DIR) -> Path:
