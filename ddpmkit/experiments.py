@@ -51,7 +51,7 @@ class BookSize:
 SIZES: dict[str, BookSize] = {
     "smoke": BookSize(
         300, 150, (10, 50), 50, 256, (5, 20), 32, 100,
-        per_class=1, image_steps=5, guidance_ws=(0.0, 2.0), image_ddim_steps=(2, 5), ddpm_reference=4,
+        per_class=2, image_steps=5, guidance_ws=(0.0, 2.0), image_ddim_steps=(2, 5), ddpm_reference=0,
         n_real=100, classify_n=10, moons_iterations=300,
     ),
     "quick": BookSize(5000, 2000, (10, 25, 50, 100, 200, 500, 1000), 200, 2048, (5, 10, 20, 50, 100, 250, 1000), 256, 1000),
