@@ -8,6 +8,9 @@ STAMP  := $(VENV)/.installed
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 # The book's size profile: smoke, quick (default) or full. See ddpmkit/profile.py.
 export DDPMKIT_PROFILE ?= quick
+# Where MNIST lives (see README "Images"): the course's ../shared/data when it is beside the
+# repository (it holds the test split), else torchvision's download folder.
+export DDPMKIT_DATA ?= $(if $(wildcard ../shared/data/MNIST/raw),$(abspath ../shared/data),$(HOME)/.cache/ddpmkit/data)
 
 .PHONY: book test install bench nbval-refs clean
 
