@@ -197,7 +197,8 @@ def multilabel_accuracy(model: ImageClassifier, images: torch.Tensor, labels: to
 @torch.no_grad()
 def feature_fid_kid(model: ImageClassifier, real: torch.Tensor, fake: torch.Tensor, kid_subset: int = 100) -> dict:
     """FID and KID between ``real`` and ``fake`` images (both in [-1, 1]) in the classifier's
-    feature space, computed by torchmetrics. Returns ``{"fid", "kid", "kid_std"}``."""
+    feature space, computed by torchmetrics. Returns ``{"fid", "kid", "kid_std"}``; KID's
+    random subsets are drawn with a fixed seed, so the result is reproducible."""
     from torchmetrics.image.fid import FrechetInceptionDistance
     from torchmetrics.image.kid import KernelInceptionDistance
 
@@ -211,5 +212,7 @@ def feature_fid_kid(model: ImageClassifier, real: torch.Tensor, fake: torch.Tens
             metric.update(real[i : i + 500], real=True)
         for i in range(0, len(fake), 500):
             metric.update(fake[i : i + 500], real=False)
-    kid_mean, kid_std = kid.compute()
+    with torch.random.fork_rng(devices=[]):  # KID draws its subsets from the global RNG: seed it
+        torch.manual_seed(0)
+        kid_mean, kid_std = kid.compute()
     return {"fid": float(fid.compute()), "kid": float(kid_mean), "kid_std": float(kid_std)}
