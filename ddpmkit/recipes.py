@@ -11,36 +11,34 @@ from .train import RunConfig, TrainConfig
 from .unet import UNetConfig
 
 
+def _image_run(dataset: str, cond: str, model: UNetConfig, iterations: int, n_train: int) -> RunConfig:
+    """The training set-up shared by the image recipes: linear schedule (T = 1000,
+    β 1e-4 → 0.02, Ho et al.), batch 64, Adam 5e-4 with 200 warm-up steps, EMA 0.999,
+    label dropout 0.1 for classifier-free guidance."""
+    return RunConfig(
+        dataset=dataset, cond=cond, model=model,
+        schedule=ScheduleConfig(name="linear", T=1000, beta_1=1e-4, beta_T=0.02),
+        train=TrainConfig(
+            iterations=iterations, batch_size=64, lr=5e-4, warmup=200, grad_clip=1.0, ema_decay=0.999,
+            predictor="eps", seed=0, n_train=n_train, checkpoint_every=500, label_dropout=0.1,
+        ),
+    )  # fmt: skip
+
+
 def mnist_cfg() -> RunConfig:
     """Class-conditional MNIST UNet for classifier-free guidance (label dropout 0.1).
 
-    Sized for a 2-core CPU: base width 16 (0.28 M parameters), 0.26 s per batch-64 step.
+    Sized for a 2-core CPU: base width 16 (0.28 M parameters), 6,000 steps (5.5 it/s alone).
     """
-    return RunConfig(
-        dataset="mnist",
-        cond="class",
-        model=UNetConfig(in_channels=1, base_channels=16, channel_mults=(1, 2, 2), attn_levels=(2,), num_classes=10),
-        schedule=ScheduleConfig(name="linear", T=1000, beta_1=1e-4, beta_T=0.02),
-        train=TrainConfig(
-            iterations=6000, batch_size=64, lr=5e-4, warmup=200, grad_clip=1.0, ema_decay=0.999,
-            predictor="eps", seed=0, n_train=60000, checkpoint_every=500, label_dropout=0.1,
-        ),  # fmt: skip
-    )
+    unet = UNetConfig(in_channels=1, base_channels=16, channel_mults=(1, 2, 2), attn_levels=(2,), num_classes=10)
+    return _image_run("mnist", "class", unet, iterations=6000, n_train=60000)
 
 
 def shapes_cfg() -> RunConfig:
     """Multi-label shapes UNet (3×32×32, 9-label multi-hot through a linear layer, as the
     iCLEVR lab of the 003 report); label dropout 0.1 zeroes the whole vector for guidance."""
-    return RunConfig(
-        dataset="shapes",
-        cond="multi",
-        model=UNetConfig(in_channels=3, base_channels=16, channel_mults=(1, 2, 2), attn_levels=(2,), num_labels=9),
-        schedule=ScheduleConfig(name="linear", T=1000, beta_1=1e-4, beta_T=0.02),
-        train=TrainConfig(
-            iterations=3000, batch_size=64, lr=5e-4, warmup=200, grad_clip=1.0, ema_decay=0.999,
-            predictor="eps", seed=0, n_train=20000, checkpoint_every=500, label_dropout=0.1,
-        ),  # fmt: skip
-    )
+    unet = UNetConfig(in_channels=3, base_channels=16, channel_mults=(1, 2, 2), attn_levels=(2,), num_labels=9)
+    return _image_run("shapes", "multi", unet, iterations=3000, n_train=20000)
 
 
 def swiss_roll() -> RunConfig:

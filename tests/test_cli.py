@@ -56,3 +56,18 @@ def test_cli_errors_are_clear(args, message):
     assert p.returncode == 2
     assert message in p.stderr
     assert "Traceback" not in p.stderr
+
+
+def test_cli_conditional_vector_run(tmp_path, capsys):
+    run = str(tmp_path / "moons")
+    assert main(["train", "--dataset", "moons", "--cond", "class", "--iterations", "20", "--T", "20", "--out", run, "--no-progress"]) == 0
+    cfg = json.loads((tmp_path / "moons" / "config.json").read_text())
+    assert cfg["cond"] == "class" and cfg["model"]["num_classes"] == 2 and cfg["train"]["label_dropout"] == 0.1
+    out = tmp_path / "m.npy"
+    assert main(["sample", run, "--label", "1", "--guidance", "1", "--n", "8", "--out", str(out), "--no-progress"]) == 0
+    assert np.load(out).shape == (8, 2)
+    capsys.readouterr()
+    assert main(["sample", run, "--label", "2", "--n", "8", "--out", str(out), "--no-progress"]) == 2
+    assert "--label must lie in [0, 1]" in capsys.readouterr().err
+    assert main(["train", "--dataset", "swiss_roll", "--cond", "class", "--out", str(tmp_path / "s"), "--no-progress"]) == 2
+    assert "needs a labelled data set" in capsys.readouterr().err
