@@ -247,35 +247,51 @@ def guidance_sweep(model, schedule, classifier, real: torch.Tensor, ws, *, per_c
 # --- image chapters ---------------------------------------------------------------------
 
 
+def retrain_dir() -> "Path":
+    """Where the ``full`` profile keeps the image models it retrains, so that the chapters
+    share one training run per recipe (and an interrupted build resumes it):
+    ``$DDPMKIT_RUNS``, else ``~/.cache/ddpmkit/runs``."""
+    import os
+    from pathlib import Path
+
+    return Path(os.environ.get("DDPMKIT_RUNS") or Path.home() / ".cache" / "ddpmkit" / "runs")
+
+
 def image_model(name: str, size: BookSize | None = None, progress: bool = False):
     """``(model, schedule, info)`` for a shipped diffusion checkpoint: loaded in smoke and
-    quick, retrained by its recipe (``ddpmkit.recipes``) in full. ``info`` carries the
-    config, the metadata (data actually used, steps, wall time, hardware) and the loss curve."""
+    quick, retrained by its recipe (``ddpmkit.recipes``) in full, once per machine (the run
+    folder in :func:`retrain_dir` is reused and resumed). ``info`` carries the config, the
+    metadata (data actually used, steps, wall time, hardware) and the loss curve."""
     from .pretrained import load_pretrained, loss_curve
     from .recipes import get_recipe
+    from .train import CHECKPOINT_FILE
 
     size = size or book_size()
     if not size.retrain:
         return load_pretrained(name)
-    cfg = get_recipe(name)
-    tr = Trainer(cfg)
-    tr.train(progress=progress)
-    info = {"config": cfg.to_dict(), "metadata": tr.metadata(), "loss_curve": loss_curve(tr.losses)}
+    run_dir = retrain_dir() / name
+    tr = Trainer.resume(run_dir) if (run_dir / CHECKPOINT_FILE).exists() else Trainer(get_recipe(name), run_dir)
+    tr.train(progress=progress)  # returns at once when the run is complete
+    info = {"config": tr.config.to_dict(), "metadata": tr.metadata(), "loss_curve": loss_curve(tr.losses)}
     return tr.sampling_model.eval(), tr.schedule, info
 
 
 def evaluator(name: str, size: BookSize | None = None, progress: bool = False):
     """``(classifier, info)`` for an evaluator recipe (mnist-classifier, shapes-evaluator):
-    loaded in smoke and quick, retrained in full."""
+    loaded in smoke and quick, retrained in full (once; kept in :func:`retrain_dir`)."""
     from .classifier import train_evaluator
-    from .pretrained import load_pretrained
+    from .pretrained import export_module, load_pretrained
 
     size = size or book_size()
     if not size.retrain:
         clf, _, info = load_pretrained(name)
         return clf, info
-    clf, meta = train_evaluator(name, progress=progress)
-    return clf, {"config": clf.config.to_dict(), "metadata": meta}
+    folder = retrain_dir()
+    if not (folder / f"{name}.json").exists():
+        clf, meta = train_evaluator(name, progress=progress)
+        export_module(clf, name, "classifier", clf.config.to_dict(), meta, out_dir=folder)
+    clf, _, info = load_pretrained(name, directory=folder)
+    return clf, info
 
 
 def choose_guidance(rows: Sequence[dict], min_accuracy: float = 0.95) -> float:

@@ -266,3 +266,29 @@ def test_shapes_evaluator_reads_the_labels():
     y = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 1.0]])  # image 1 exact; image 2: 1 of 2 found, 1 extra
     s = multilabel_accuracy(Fixed(), torch.zeros(2, 1, 4, 4), y)
     assert s == pytest.approx({"label_recall": 3 / 4, "exact": 0.5, "per_label": 4 / 6})
+
+
+def test_full_profile_retrains_once_and_reuses_the_run(tmp_path, monkeypatch):
+    """In ``full`` the image chapters retrain by the recipe; the run folder is shared, so a
+    second chapter loads it instead of training again."""
+    from dataclasses import replace
+
+    from ddpmkit import experiments as ex
+    from ddpmkit import recipes
+
+    monkeypatch.setenv("DDPMKIT_RUNS", str(tmp_path))
+    real = recipes.get_recipe
+
+    def tiny(name):
+        c = real(name)
+        c.train.iterations, c.train.n_train, c.train.batch_size = 3, 32, 4
+        return c
+
+    monkeypatch.setattr(recipes, "get_recipe", tiny)
+    size = replace(ex.book_size("smoke"), retrain=True)
+    _, _, info = ex.image_model("shapes-cfg", size)
+    assert info["metadata"]["steps"] == 3 and (tmp_path / "shapes-cfg" / "checkpoint.pt").exists()
+    mtime = (tmp_path / "shapes-cfg" / "checkpoint.pt").stat().st_mtime_ns
+    model, _, info = ex.image_model("shapes-cfg", size)
+    assert (tmp_path / "shapes-cfg" / "checkpoint.pt").stat().st_mtime_ns == mtime  # not retrained
+    assert model.config.num_labels == 9 and info["config"]["dataset"] == "shapes"
