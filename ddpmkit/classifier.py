@@ -157,6 +157,15 @@ def train_evaluator(recipe: str, seed: int = 0, download: bool = False, progress
     return clf, meta
 
 
+def export_evaluator(recipe: str, out_dir, seed: int = 0, download: bool = False, progress: bool = True):
+    """Train an evaluator recipe and write ``OUT_DIR/RECIPE.safetensors`` + ``.json`` (the
+    shipped-checkpoint format). Returns ``(weights path, metadata)``."""
+    from .pretrained import export_module
+
+    clf, meta = train_evaluator(recipe, seed=seed, download=download, progress=progress)
+    return export_module(clf, recipe, "classifier", clf.config.to_dict(), meta, out_dir=out_dir), meta
+
+
 @torch.no_grad()
 def predict(model: ImageClassifier, images: torch.Tensor, batch: int = 500) -> torch.Tensor:
     """Predicted classes (N,), or for a multi-label model the multi-hot prediction (N, L)

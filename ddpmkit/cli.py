@@ -171,11 +171,9 @@ def _train(a) -> int:
 def _train_classifier(a) -> int:
     """The evaluator recipes (mnist-classifier, shapes-evaluator): train, report held-out
     accuracy, save ``OUT/NAME.safetensors`` + ``OUT/NAME.json``."""
-    from .classifier import train_evaluator
-    from .pretrained import export_module
+    from .classifier import export_evaluator
 
-    clf, meta = train_evaluator(a.recipe, seed=a.seed, download=a.download, progress=not a.no_progress)
-    path = export_module(clf, a.recipe, "classifier", clf.config.to_dict(), meta, out_dir=a.out)
+    path, meta = export_evaluator(a.recipe, a.out, seed=a.seed, download=a.download, progress=not a.no_progress)
     print(json.dumps({"written": str(path), "held_out": meta["held_out"]}))
     return 0
 

@@ -21,7 +21,7 @@ from .models import MLPConfig
 from .profile import Profile, get_profile
 from .samplers import ddim_sample, ddpm_sample
 from .schedules import ScheduleConfig
-from .train import RunConfig, TrainConfig, Trainer
+from .train import IMAGE_SIZES, RunConfig, TrainConfig, Trainer
 
 
 @dataclass(frozen=True)
@@ -230,18 +230,23 @@ def guidance_sweep(model, schedule, classifier, real: torch.Tensor, ws, *, per_c
     """Class accuracy (by ``classifier``), feature-space FID/KID against ``real`` and within-class
     diversity of guided samples, for each guidance weight in ``ws``. The samples take the
     size of the real images they are compared with."""
-    from .classifier import accuracy, feature_fid_kid
-
     labels = torch.arange(10).repeat_interleave(per_class)
     rows = []
     for w in ws:
         t0 = time.perf_counter()
         x = guided_samples(model, schedule, labels, w, image_size=real.shape[-1], steps=steps, seed=seed)
         secs = time.perf_counter() - t0
-        m = feature_fid_kid(classifier, real, x, kid_subset=min(100, len(x)))
-        rows.append({"w": float(w), "accuracy": accuracy(classifier, x, labels), **m,
+        rows.append({"w": float(w), **score_class_samples(classifier, real, x, labels),
                      "diversity": within_class_diversity(classifier, x, labels), "seconds": secs, "samples": x})  # fmt: skip
     return rows
+
+
+def score_class_samples(classifier, real: torch.Tensor, x: torch.Tensor, labels: torch.Tensor) -> dict:
+    """Class-conditional samples ``x`` drawn for ``labels``, measured by ``classifier``:
+    ``{"n", "accuracy", "fid", "kid", "kid_std"}`` (FID/KID against ``real`` in its feature space)."""
+    from .classifier import accuracy, feature_fid_kid
+
+    return {"n": len(x), "accuracy": accuracy(classifier, x, labels), **feature_fid_kid(classifier, real, x, kid_subset=min(100, len(x)))}
 
 
 # --- image chapters ---------------------------------------------------------------------
@@ -279,8 +284,8 @@ def image_model(name: str, size: BookSize | None = None, progress: bool = False)
 def evaluator(name: str, size: BookSize | None = None, progress: bool = False):
     """``(classifier, info)`` for an evaluator recipe (mnist-classifier, shapes-evaluator):
     loaded in smoke and quick, retrained in full (once; kept in :func:`retrain_dir`)."""
-    from .classifier import train_evaluator
-    from .pretrained import export_module, load_pretrained
+    from .classifier import export_evaluator
+    from .pretrained import load_pretrained
 
     size = size or book_size()
     if not size.retrain:
@@ -288,8 +293,7 @@ def evaluator(name: str, size: BookSize | None = None, progress: bool = False):
         return clf, info
     folder = retrain_dir()
     if not (folder / f"{name}.json").exists():
-        clf, meta = train_evaluator(name, progress=progress)
-        export_module(clf, name, "classifier", clf.config.to_dict(), meta, out_dir=folder)
+        export_evaluator(name, folder, progress=progress)
     clf, _, info = load_pretrained(name, directory=folder)
     return clf, info
 
@@ -306,7 +310,6 @@ def ddim_steps_sweep(model, schedule, classifier, real: torch.Tensor, w: float, 
                      per_class: int, ddpm_n: int = 0, seed: int = 0) -> list[dict]:  # fmt: skip
     """Guided MNIST samples by DDIM (η = 0) at each step count, and by 1,000-step ancestral
     DDPM on ``ddpm_n`` images as the reference: class accuracy, feature FID/KID and seconds."""
-    from .classifier import accuracy, feature_fid_kid
     from .guidance import CFGModel
 
     labels = torch.arange(10).repeat_interleave(per_class)
@@ -315,8 +318,7 @@ def ddim_steps_sweep(model, schedule, classifier, real: torch.Tensor, w: float, 
         t0 = time.perf_counter()
         x = guided_samples(model, schedule, labels, w, image_size=real.shape[-1], steps=S, seed=seed)
         secs = time.perf_counter() - t0
-        rows.append({"sampler": "DDIM", "steps": S, "n": len(x), "accuracy": accuracy(classifier, x, labels),
-                     **feature_fid_kid(classifier, real, x, kid_subset=min(100, len(x))),
+        rows.append({"sampler": "DDIM", "steps": S, **score_class_samples(classifier, real, x, labels),
                      "seconds_per_image": secs / len(x), "samples": x})  # fmt: skip
     if ddpm_n:
         y = torch.arange(ddpm_n) % 10
@@ -324,8 +326,7 @@ def ddim_steps_sweep(model, schedule, classifier, real: torch.Tensor, w: float, 
         shape = (ddpm_n, model.config.in_channels, real.shape[-1], real.shape[-1])
         x = ddpm_sample(CFGModel(model, y, w), schedule, shape, clip_x0=(-1.0, 1.0), generator=torch.Generator().manual_seed(seed)).x
         secs = time.perf_counter() - t0
-        rows.append({"sampler": "DDPM", "steps": schedule.T, "n": ddpm_n, "accuracy": accuracy(classifier, x, y),
-                     **feature_fid_kid(classifier, real, x, kid_subset=min(100, ddpm_n)),
+        rows.append({"sampler": "DDPM", "steps": schedule.T, **score_class_samples(classifier, real, x, y),
                      "seconds_per_image": secs / ddpm_n, "samples": x})  # fmt: skip
     return rows
 
@@ -338,7 +339,7 @@ def shapes_guidance_sweep(model, schedule, evaluator_model, label_sets: torch.Te
     rows = []
     for w in ws:
         t0 = time.perf_counter()
-        x = guided_samples(model, schedule, label_sets, w, image_size=32, steps=steps, seed=seed)
+        x = guided_samples(model, schedule, label_sets, w, image_size=IMAGE_SIZES["shapes"], steps=steps, seed=seed)
         secs = time.perf_counter() - t0
         rows.append({"w": float(w), **multilabel_accuracy(evaluator_model, x, label_sets), "seconds": secs, "samples": x})
     return rows

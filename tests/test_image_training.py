@@ -292,3 +292,24 @@ def test_full_profile_retrains_once_and_reuses_the_run(tmp_path, monkeypatch):
     model, _, info = ex.image_model("shapes-cfg", size)
     assert (tmp_path / "shapes-cfg" / "checkpoint.pt").stat().st_mtime_ns == mtime  # not retrained
     assert model.config.num_labels == 9 and info["config"]["dataset"] == "shapes"
+
+
+def test_full_profile_evaluator_is_trained_once(tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    import ddpmkit.classifier as classifier
+    from ddpmkit import experiments as ex
+
+    monkeypatch.setenv("DDPMKIT_RUNS", str(tmp_path))
+    calls = []
+
+    def fake_train(recipe, seed=0, download=False, progress=True):
+        calls.append(recipe)
+        return ImageClassifier(ClassifierConfig(features=8)).eval(), {"data": "fake", "held_out": {"accuracy": 0.5}}
+
+    monkeypatch.setattr(classifier, "train_evaluator", fake_train)
+    size = replace(ex.book_size("smoke"), retrain=True)
+    for _ in range(2):
+        clf, info = ex.evaluator("mnist-classifier", size)
+        assert isinstance(clf, ImageClassifier) and info["metadata"]["data"] == "fake"
+    assert calls == ["mnist-classifier"] and (tmp_path / "mnist-classifier.safetensors").exists()
