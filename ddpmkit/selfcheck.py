@@ -1,0 +1,65 @@
+"""Self-checks for the assignment notebooks: ``check(q_sample)`` in a cell.
+
+Each check runs the same question the grader asks (``ddpmkit.grading.assignments``) on a
+fixed, visible set of inputs, compares with the library's answer by the grader's rule,
+and prints what passed, what failed and a hint why. The grader's hidden checks draw new
+inputs at grading time and compare outside the student's kernel.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+SEED = 1234  # the visible inputs; the grader draws its own
+_passed: dict[str, bool] = {}
+
+
+def _find(name: str):
+    from .grading.assignments import ASSIGNMENTS
+
+    for a in ASSIGNMENTS.values():
+        for q in a.questions:
+            if q.name == name:
+                return q
+    raise ValueError(f"no assignment has a question named {name!r}; check the function's name")
+
+
+def check(fn) -> None:
+    """Check ``fn`` (a function or class a question asks for, found by its name) and print
+    the verdict; ``passed(name)`` tells afterwards whether every case matched."""
+    from .grading.assignments import reference_outputs
+    from .grading.spec import call, judge, to_arrays
+
+    name = getattr(fn, "__name__", None)
+    q = _find(name)
+    cases = q.cases(np.random.default_rng(SEED))
+    _passed[name] = False
+    for k, case in enumerate(cases, 1):
+        where = f"{name}, case {k} of {len(cases)}"
+        try:
+            got = to_arrays(call(q, fn, case))
+        except NotImplementedError:
+            print(f"… {name}: not implemented yet (replace `raise NotImplementedError` with your code)")
+            return None
+        except Exception as exc:  # the student's bug, reported, not raised
+            print(f"✗ {where}: raised {type(exc).__name__}: {exc}")
+            return None
+        ok, msg = judge(q, to_arrays(reference_outputs(q, case)), got)
+        if not ok:
+            print(f"✗ {where}: {msg}")
+            return None
+    print(f"✓ {name}: all {len(cases)} cases match the reference")
+    _passed[name] = True
+
+
+def passed(name: str) -> bool:
+    """Whether the last ``check`` of ``name`` in this kernel matched every case."""
+    return _passed.get(name, False)
+
+
+def ready(*names: str) -> bool:
+    """True when every named check has passed in this kernel; otherwise say which to finish."""
+    missing = [n for n in names if not _passed.get(n)]
+    if missing:
+        print(f"skipped: first make these checks pass: {', '.join(missing)}")
+    return not missing
