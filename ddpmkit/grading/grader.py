@@ -95,7 +95,7 @@ def _case_message(head: dict, expected: list[np.ndarray], q) -> tuple[bool, str]
         msg = head.get("error", "error")
         if "NotImplementedError" in msg:
             return False, "not implemented (the cell still raises NotImplementedError)"
-        if "cuda" in msg.lower():
+        if "cuda" in msg.lower() or "nvidia" in msg.lower():
             msg += CUDA_HINT
         return False, f"raised {msg}"
     module = head.get("module") or ""
@@ -220,6 +220,12 @@ def grade_submission(
         idx = [q.name for q in pending].index(current)
         pending = [q for q in pending[idx + 1 :]]
     feedback.pop("_cells_seen", None)
+    # a question whose function never got defined: point at the cell that failed
+    for r in results.values():
+        if any("is not defined" in c["message"] for c in r.cases):
+            for cell in feedback["cells"]:
+                if cell["cell"].startswith("answer:") and r.name in cell["cell"].split(" ")[0].split(":", 1)[1].split(","):
+                    r.notes.append(f"its cell failed before defining it: {cell['error']}")
     return _finish(feedback, results, t0, status)
 
 

@@ -145,7 +145,7 @@ def read_submission(path: Path) -> tuple[nbformat.NotebookNode, list[str]]:
     except UnicodeDecodeError:
         raise NotebookError("not a notebook: the file is not UTF-8 text (a binary or a corrupted file?)") from None
     except json.JSONDecodeError as exc:
-        truncated = " The file ends early: was it truncated while saving or uploading?" if exc.pos >= len(data.rstrip()) else ""
+        truncated = "" if data.rstrip().endswith(b"}") else " The file ends early: was it truncated while saving or uploading?"
         raise NotebookError(f"not a notebook: invalid JSON at line {exc.lineno}, column {exc.colno} ({exc.msg}).{truncated}") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("nbformat"), int):
         raise NotebookError("not a notebook: there is no 'nbformat' version at the top level")

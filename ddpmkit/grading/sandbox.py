@@ -26,8 +26,8 @@ from typing import Literal
 
 Isolation = Literal["auto", "bwrap", "none"]
 NOT_ISOLATED = (
-    "NOT ISOLATED: bubblewrap (bwrap) is not installed, so submissions run with resource limits only "
-    "and can read and write whatever this user can. Install it (Debian/Ubuntu: apt-get install bubblewrap)."
+    "NOT ISOLATED: submissions run without bubblewrap, with resource limits only, and can read and write "
+    "whatever this user can. Install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap) and grade with --sandbox auto."
 )
 
 
@@ -56,8 +56,8 @@ class RunResult:
         if self.timed_out:
             return f"timed out after {limits.timeout:.0f} s (an infinite loop, or far too slow)"
         rc = self.returncode
-        if rc is not None and rc < 0:
-            sig = -rc
+        if rc is not None and (rc < 0 or 128 < rc < 128 + 65):  # killed, or bubblewrap reporting a kill as 128 + signal
+            sig = -rc if rc < 0 else rc - 128
             name = {signal.SIGSEGV: "a segmentation fault", signal.SIGKILL: "SIGKILL (usually out of memory)",
                     signal.SIGXCPU: f"using more than {limits.cpu_seconds} s of CPU", signal.SIGXFSZ: f"writing a file over {limits.file_mb} MB",
                     signal.SIGABRT: "an abort (a C library gave up, often out of memory)", signal.SIGBUS: "a bus error"}.get(sig, signal.Signals(sig).name)
@@ -138,7 +138,7 @@ def bwrap_command(workdir: Path, argv: list[str]) -> list[str]:
             cmd += ["--ro-bind", str(root), str(root)]
     hidden = Path(ddpmkit.__file__).resolve().parent / "grading"
     cmd += ["--tmpfs", str(hidden), "--remount-ro", str(hidden)]  # the checks: not there
-    cmd += ["--bind", str(workdir), "/sandbox", "--chdir", "/sandbox"]
+    cmd += ["--bind", str(workdir), "/sandbox", "--chdir", "/sandbox", "--remount-ro", "/"]  # only /tmp and /sandbox writable
     return cmd + argv
 
 
@@ -154,10 +154,10 @@ def sandbox_env(home: str) -> dict[str, str]:
 def run_harness(workdir: Path, limits: Limits, isolation: Literal["bwrap", "none"]) -> RunResult:
     """Run ``harness.py`` in ``workdir`` under ``limits``; kill it and its children on timeout."""
     if isolation == "bwrap":
-        argv = bwrap_command(workdir, [sys.executable, "-I", "/sandbox/harness.py"])
+        argv = bwrap_command(workdir, [sys.executable, "-I", "-u", "/sandbox/harness.py"])
         env, cwd = sandbox_env("/sandbox"), None
     else:
-        argv, env, cwd = [sys.executable, "-I", str(workdir / "harness.py")], sandbox_env(str(workdir)), str(workdir)
+        argv, env, cwd = [sys.executable, "-I", "-u", str(workdir / "harness.py")], sandbox_env(str(workdir)), str(workdir)
     t0 = time.monotonic()
     proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, preexec_fn=_limit_fn(limits), start_new_session=True)
