@@ -120,7 +120,50 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--n-ref", type=_positive_int, default=2048, help="size of the fresh reference draw")
     e.add_argument("--seed", type=int, default=1, help="seed of the reference draw (training uses 0)")
     e.add_argument("--bandwidth", type=float, default=0.1, help="KDE bandwidth for the NLL")
+
+    g = sub.add_parser("grade", help="grade notebooks in sandboxes: per-question points, feedback JSON, CSV gradebook",
+                       epilog="example: ddpmkit grade a1 submissions/*.ipynb --out grades.csv -j 2")
+    g.add_argument("assignment", help="a1, a2, a3 or a4 (or a source name such as a1_forward)")
+    g.add_argument("submissions", nargs="+", type=Path, help="notebooks: NAME.ipynb, or NAME/<assignment>.ipynb")
+    g.add_argument("--out", type=Path, required=True, help="the CSV gradebook (written atomically after each submission)")
+    g.add_argument("--feedback", type=Path, default=None, help="folder of per-student JSON feedback (default: <out>-feedback/)")
+    g.add_argument("-j", "--jobs", type=_positive_int, default=1, help="submissions graded at once")
+    g.add_argument("--resume", action="store_true", help="skip students whose row in --out has the same submission checksum")
+    g.add_argument("--sandbox", choices=["auto", "bwrap", "none"], default="auto", help="auto: bubblewrap when installed")
+    g.add_argument("--timeout", type=float, default=120.0, help="wall-clock seconds per sandboxed run")
+    g.add_argument("--memory-gb", type=float, default=6.0, help="address-space limit per run (torch needs about 3.5 GB)")
+    g.add_argument("--seed", type=int, default=None, help="fix the hidden inputs (default: new ones per submission)")
+    g.add_argument("--no-progress", action="store_true")
+
+    n = sub.add_parser("assign", help="generate the student notebooks assignments/*.ipynb from assignments/source/*.md")
+    n.add_argument("--check", action="store_true", help="only report stale notebooks (exit 1 if any)")
     return p
+
+
+def _grade(a) -> int:
+    from .grading.grader import grade_batch
+    from .grading.sandbox import Limits
+
+    missing = [str(p) for p in a.submissions if not p.exists()]
+    if missing:
+        raise FileNotFoundError(f"no such submission: {', '.join(missing)}")
+    limits = Limits(timeout=a.timeout, memory_gb=a.memory_gb)
+    rows = grade_batch(a.assignment, a.submissions, a.out, feedback_dir=a.feedback, jobs=a.jobs, resume=a.resume,
+                       limits=limits, isolation=a.sandbox, seed=a.seed, progress=not a.no_progress)
+    total = sum(int(r["points"]) for r in rows.values())
+    print(f"graded {len(rows)} submission(s) into {a.out}; mean {total / max(len(rows), 1):.2f} points")
+    return 0
+
+
+def _assign(a) -> int:
+    from .grading.notebooks import build_all
+
+    stale = build_all(check=a.check)
+    if a.check:
+        print("stale: " + ", ".join(stale) if stale else "every student notebook is up to date")
+        return 1 if stale else 0
+    print("wrote " + ", ".join(stale) if stale else "every student notebook is up to date")
+    return 0
 
 
 def _train(a) -> int:
@@ -345,8 +388,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     a = parser.parse_args(argv)
     try:
-        return {"train": _train, "sample": _sample, "data": _data, "evaluate": _evaluate, "export": _export}[a.command](a)
-    except (ValueError, FileNotFoundError, CheckpointError, NonFiniteLossError) as e:
+        return {"train": _train, "sample": _sample, "data": _data, "evaluate": _evaluate, "export": _export,
+                "grade": _grade, "assign": _assign}[a.command](a)
+    except (ValueError, FileNotFoundError, CheckpointError, NonFiniteLossError, RuntimeError) as e:
         print(f"ddpmkit {a.command}: error: {e}", file=sys.stderr)
         return 2
 
