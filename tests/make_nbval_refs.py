@@ -1,7 +1,8 @@
 """Regenerate tests/nbval/*.ipynb: each chapter executed in the smoke profile, keeping only
 the outputs of cells tagged ``nbval-check-output`` (the ones nbval compares).
 
-Run through ``make nbval-refs`` after changing a chapter; tests/test_book.py fails while a
+The assignments' solution sources get references too. Run through ``make nbval-refs``
+after changing a chapter (``python tests/make_nbval_refs.py STEM...`` for a few); tests/test_book.py fails while a
 reference is stale.
 """
 
@@ -29,6 +30,11 @@ def chapters() -> list[Path]:
     return [p for p in paths if "```{code-cell}" in p.read_text()]
 
 
+def assignment_sources() -> list[Path]:
+    """The assignments' solution notebooks: nbval runs them with the solutions in place."""
+    return sorted((ROOT / "assignments" / "source").glob("*.md"))
+
+
 def code_sources(nb) -> list[str]:
     return [c.source for c in nb.cells if c.cell_type == "code"]
 
@@ -37,7 +43,10 @@ def main() -> None:
     if os.environ.get("DDPMKIT_PROFILE", "").lower() != "smoke":
         sys.exit("run with DDPMKIT_PROFILE=smoke (make nbval-refs does)")
     OUT.mkdir(exist_ok=True)
-    for md in chapters():
+    only = set(sys.argv[1:])  # stems to regenerate (default: all)
+    for md in chapters() + assignment_sources():
+        if only and md.stem not in only:
+            continue
         nb = jupytext.read(md)
         NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(md.parent)}}).execute()
         for cell in nb.cells:

@@ -7,16 +7,17 @@ import jupytext
 import nbformat
 import pytest
 
-from make_nbval_refs import CHECK_TAG, OUT, ROOT, chapters, code_sources
+from make_nbval_refs import CHECK_TAG, OUT, ROOT, assignment_sources, chapters, code_sources
 
 CHAPTERS = chapters()
+EXECUTED = CHAPTERS + assignment_sources()
 
 
 def test_every_chapter_with_code_has_an_nbval_reference():
-    assert {p.stem for p in CHAPTERS} == {p.stem for p in OUT.glob("*.ipynb")}
+    assert {p.stem for p in EXECUTED} == {p.stem for p in OUT.glob("*.ipynb")}
 
 
-@pytest.mark.parametrize("md", CHAPTERS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("md", EXECUTED, ids=lambda p: p.stem)
 def test_nbval_reference_is_fresh(md):
     ref = nbformat.read(OUT / f"{md.stem}.ipynb", as_version=4)
     assert code_sources(ref) == code_sources(jupytext.read(md)), f"tests/nbval/{md.stem}.ipynb is stale: run `make nbval-refs`"

@@ -1,0 +1,61 @@
+"""Grading throughput: 30 submissions of A1 graded with ``-j 2`` (the issue's set-up).
+
+The submissions are a realistic mix: a third complete, a third half done, a third with
+the untouched student notebook. Prints, and writes to benchmarks/results/grading_cpu.json:
+wall time, submissions per minute and seconds per submission, with the sandbox used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import nbformat
+
+from ddpmkit.checkpoint import save_json
+from ddpmkit.grading.grader import grade_batch
+from ddpmkit.grading.notebooks import assignments_dir, student_notebook
+from ddpmkit.grading.sandbox import resolve_isolation
+from ddpmkit.train import hardware
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--submissions", type=int, default=30)
+    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--sandbox", choices=["auto", "bwrap", "none"], default="auto")
+    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "grading_cpu.json")
+    a = p.parse_args()
+
+    src = assignments_dir() / "source" / "a1_forward.md"
+    solved, empty = student_notebook(src, keep_solutions=True), student_notebook(src)
+    half = student_notebook(src, keep_solutions=True)
+    for cell, blank in zip(half.cells, empty.cells):
+        if cell.metadata.get("grade_id") == "answer:cosine_betas":
+            cell.source = blank.source
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = []
+        for i in range(a.submissions):
+            path = Path(tmp) / f"student{i:02d}.ipynb"
+            nbformat.write([solved, half, empty][i % 3], path)
+            paths.append(path)
+        t0 = time.perf_counter()
+        rows = grade_batch("a1", paths, Path(tmp) / "grades.csv", jobs=a.jobs, isolation=a.sandbox)
+        wall = time.perf_counter() - t0
+    points = sorted(int(r["points"]) for r in rows.values())
+    res = {
+        "submissions": a.submissions, "jobs": a.jobs, "sandbox": resolve_isolation(a.sandbox),
+        "wall_seconds": round(wall, 1), "submissions_per_minute": round(60 * a.submissions / wall, 1),
+        "seconds_per_submission": round(wall / a.submissions, 2), "points": {str(k): points.count(k) for k in sorted(set(points))},
+        "hardware": hardware(), "cpus": os.cpu_count(), "date": datetime.date.today().isoformat(),
+    }
+    print(res)
+    save_json(res, a.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""The assignments: generated student notebooks, self-checks, and the grader on A2-A4."""
+
+import nbformat
+import pytest
+import torch
+from nbclient import NotebookClient
+
+from ddpmkit import selfcheck
+from ddpmkit.grading.assignments import ASSIGNMENTS
+from ddpmkit.grading.grader import grade_submission
+from ddpmkit.grading.notebooks import assignments_dir, release_path, strip_solutions, student_notebook
+
+SOURCES = {a.key: assignments_dir() / "source" / a.source for a in ASSIGNMENTS.values()}
+
+
+def test_strip_solutions_replaces_each_block_and_refuses_broken_markers():
+    src = "def f(x):\n    ### BEGIN SOLUTION\n    return 2 * x\n    ### END SOLUTION\n"
+    assert strip_solutions(src) == "def f(x):\n    # YOUR CODE HERE\n    raise NotImplementedError"
+    assert strip_solutions(src, keep=True) == "def f(x):\n    return 2 * x"
+    with pytest.raises(ValueError, match="never closed"):
+        strip_solutions("### BEGIN SOLUTION\nx = 1\n")
+    with pytest.raises(ValueError, match="without"):
+        strip_solutions("x = 1\n### END SOLUTION\n")
+
+
+@pytest.mark.parametrize("key", sorted(SOURCES))
+def test_student_notebook_has_no_solution_and_runs_to_not_implemented(key):
+    nb = nbformat.read(release_path(SOURCES[key]), as_version=4)
+    text = nbformat.writes(nb)
+    assert "BEGIN SOLUTION" not in text and "raise NotImplementedError" in text
+    # every question's answer cell is there, tagged for the grader
+    ids = {c.metadata.get("grade_id") for c in nb.cells}
+    for q in ASSIGNMENTS[key].questions:
+        assert any(isinstance(i, str) and i.startswith("answer:") and q.name in i for i in ids), q.name
+    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(SOURCES[key].parent)}}).execute()
+    printed = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    assert all(f"… {q.name}: not implemented yet" in printed for q in ASSIGNMENTS[key].questions)
+    assert "Traceback" not in printed
+
+
+def test_self_check_says_what_failed_and_why(capsys):
+    def q_sample(x0, t, noise, betas):
+        return x0.double()
+
+    selfcheck.check(q_sample)
+    out = capsys.readouterr().out
+    assert out.startswith("✗ q_sample, case 1 of 3: the output has dtype float64, expected float32")
+    assert not selfcheck.passed("q_sample")
+
+    def cosine_betas(T, s=0.008):
+        raise ZeroDivisionError("oops")
+
+    selfcheck.check(cosine_betas)
+    assert "raised ZeroDivisionError: oops" in capsys.readouterr().out
+    assert not selfcheck.ready("cosine_betas") and "skipped: first make these checks pass: cosine_betas" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("key", ["a2", "a3", "a4"])
+def test_grader_gives_solutions_full_marks_and_blank_notebooks_zero(key, tmp_path):
+    a = ASSIGNMENTS[key]
+    for keep, expected in [(True, a.max_points), (False, 0)]:
+        path = tmp_path / f"{'solved' if keep else 'blank'}.ipynb"
+        nbformat.write(student_notebook(SOURCES[key], keep_solutions=keep), path)
+        fb = grade_submission(a, path)
+        assert fb["points"] == expected, fb["questions"]
+    assert a.max_points == {"a2": 15, "a3": 15, "a4": 9}[key]
+
+
+def test_the_library_itself_is_not_an_answer(tmp_path):
+    nb = student_notebook(SOURCES["a2"], keep_solutions=True)
+    for cell in nb.cells:
+        if cell.metadata.get("grade_id") == "answer:chamfer":
+            cell.source = "from ddpmkit.metrics import chamfer_distance as chamfer"
+    path = tmp_path / "copycat.ipynb"
+    nbformat.write(nb, path)
+    fb = grade_submission(ASSIGNMENTS["a2"], path)
+    assert fb["questions"]["chamfer"]["points"] == 0 and fb["points"] == 12
+    assert "the library's ddpmkit.metrics.chamfer" in fb["questions"]["chamfer"]["cases"][0]["message"]
+
+
+def test_every_reference_is_deterministic_given_the_seed():
+    import numpy as np
+
+    from ddpmkit.grading.assignments import reference_outputs
+    from ddpmkit.grading.spec import to_arrays
+
+    for a in ASSIGNMENTS.values():
+        for q in a.questions:
+            one = [to_arrays(reference_outputs(q, c)) for c in q.cases(np.random.default_rng(5))]
+            two = [to_arrays(reference_outputs(q, c)) for c in q.cases(np.random.default_rng(5))]
+            assert all(np.array_equal(x, y) for o1, o2 in zip(one, two) for x, y in zip(o1, o2)), q.name
+    torch.manual_seed(0)
