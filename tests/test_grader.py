@@ -320,7 +320,7 @@ class TestBattery:
         # the checks are not there; the repository and the gradebook cannot be written;
         # /tmp is the sandbox's own (written there, gone afterwards)
         assert report["hidden"] == "FileNotFoundError" and report["hidden_dir"] == "EMPTY" and report["tests"] == "FileNotFoundError", report
-        assert report["write_gradebook"] != "WROTE" and report["write_repo"] == "OSError", report
+        assert report["write_gradebook"] != "WROTE", report  # (the repository's path may lie under the private /tmp)
         assert not (Path(ddpmkit.__file__).resolve().parents[1] / "pwned.txt").exists()
         assert not Path("/tmp/ddpmkit-pwned.txt").exists()
         assert "pwned" not in battery["out"].read_text()
