@@ -226,6 +226,13 @@ def within_class_diversity(classifier, images: torch.Tensor, labels: torch.Tenso
     return float(torch.stack(vals).mean())
 
 
+def _timed_guided_samples(model, schedule, labels, w, real, steps, seed) -> tuple[torch.Tensor, float]:
+    """Guided DDIM samples sized like ``real``, and the seconds they took."""
+    t0 = time.perf_counter()
+    x = guided_samples(model, schedule, labels, w, image_size=real.shape[-1], steps=steps, seed=seed)
+    return x, time.perf_counter() - t0
+
+
 def guidance_sweep(model, schedule, classifier, real: torch.Tensor, ws, *, per_class: int = 20, steps: int = 50, seed: int = 0) -> list[dict]:
     """Class accuracy (by ``classifier``), feature-space FID/KID against ``real`` and within-class
     diversity of guided samples, for each guidance weight in ``ws``. The samples take the
@@ -233,9 +240,7 @@ def guidance_sweep(model, schedule, classifier, real: torch.Tensor, ws, *, per_c
     labels = torch.arange(10).repeat_interleave(per_class)
     rows = []
     for w in ws:
-        t0 = time.perf_counter()
-        x = guided_samples(model, schedule, labels, w, image_size=real.shape[-1], steps=steps, seed=seed)
-        secs = time.perf_counter() - t0
+        x, secs = _timed_guided_samples(model, schedule, labels, w, real, steps, seed)
         rows.append({"w": float(w), **score_class_samples(classifier, real, x, labels),
                      "diversity": within_class_diversity(classifier, x, labels), "seconds": secs, "samples": x})  # fmt: skip
     return rows
@@ -315,9 +320,7 @@ def ddim_steps_sweep(model, schedule, classifier, real: torch.Tensor, w: float, 
     labels = torch.arange(10).repeat_interleave(per_class)
     rows = []
     for S in steps:
-        t0 = time.perf_counter()
-        x = guided_samples(model, schedule, labels, w, image_size=real.shape[-1], steps=S, seed=seed)
-        secs = time.perf_counter() - t0
+        x, secs = _timed_guided_samples(model, schedule, labels, w, real, S, seed)
         rows.append({"sampler": "DDIM", "steps": S, **score_class_samples(classifier, real, x, labels),
                      "seconds_per_image": secs / len(x), "samples": x})  # fmt: skip
     if ddpm_n:

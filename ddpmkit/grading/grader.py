@@ -154,6 +154,7 @@ def grade_submission(
     # 3-5. run, compare, rerun after a crash
     pending = [q for q in assignment.questions]
     status = "graded"
+    first_run = True  # cell errors are reported from the first run; a rerun repeats them
     while pending:
         arrays: dict[str, np.ndarray] = {}
         calls = [{"name": q.name, "module": q.module, "cases": encode_cases(q, cases[q.name], arrays)} for q in pending]
@@ -184,7 +185,7 @@ def grade_submission(
                 feedback["notes"].append(f"the process-creation filter could not be installed: {head.get('error')}")
             elif t == "cell":
                 cell_label = head.get("label")
-            elif t == "cell_error" and not feedback.get("_cells_seen"):
+            elif t == "cell_error" and first_run:
                 feedback["cells"].append({"cell": plan.cells[head["i"]]["label"] if isinstance(head.get("i"), int) and head["i"] < len(plan.cells) else "?",
                                           "error": head.get("error", ""), "traceback": head.get("traceback", "")})
             elif t == "cells_done":
@@ -201,7 +202,7 @@ def grade_submission(
                 current = None if len(r.cases) == r.max_points else current
             elif t == "done":
                 done = True
-        feedback["_cells_seen"] = True
+        first_run = False
         if done:
             break
         # the process ended early: say where, and go on with the questions after it
@@ -219,7 +220,6 @@ def grade_submission(
         status = "graded (with a crash or timeout)"
         idx = [q.name for q in pending].index(current)
         pending = [q for q in pending[idx + 1 :]]
-    feedback.pop("_cells_seen", None)
     # a question whose function never got defined: point at the cell that failed
     for r in results.values():
         if any("is not defined" in c["message"] for c in r.cases):

@@ -79,6 +79,34 @@ def read_arrays(path: str) -> dict:
     return out
 
 
+# ---- calling an answer and reading what it returned (the grader's self-checks use these too) ----
+def invoke(fn, args: list, state: dict | None = None, module: bool = False):
+    """Call ``fn`` on ``args``; for a module question ``fn`` is a class: construct it with
+    ``args[0]``, load ``state`` (name -> tensor), then call it on the rest."""
+    if module:
+        obj = fn(*args[0])
+        obj.load_state_dict(state or {})
+        return obj(*args[1:])
+    return fn(*args)
+
+
+def output_arrays(out) -> list:
+    """A return value as a list of C-ordered NumPy arrays (a tuple or list gives several)."""
+    import numpy as np
+    import torch
+
+    items = list(out) if isinstance(out, (tuple, list)) else [out]
+    arrays = []
+    for item in items:
+        if isinstance(item, torch.Tensor):
+            item = item.detach().cpu().numpy()
+        a = np.asarray(item)
+        if a.dtype.kind not in NUMERIC:
+            raise TypeError(f"returned a {type(item).__name__}, which is not a number, array or tensor")
+        arrays.append(a.copy(order="C"))
+    return arrays
+
+
 # ---- no new processes: a seccomp filter --------------------------------------------------
 def forbid_new_processes() -> None:
     """Deny fork, vfork, execve and clone without CLONE_THREAD (threads stay allowed).
@@ -154,7 +182,7 @@ def restore(saved: list) -> None:
 def main() -> None:
     # 1. capture what the harness needs before any student code can replace it
     _write, _open, _dumps, _exit = os.write, os.open, json.dumps, os._exit
-    _pack, _isinstance, _len, _str, _type, _repr = struct.pack, isinstance, len, str, type, repr
+    _pack, _len, _str, _type = struct.pack, len, str, type
     _format_exc = traceback.format_exception
     with open("plan.json") as f:
         plan = json.load(f)
@@ -179,7 +207,7 @@ def main() -> None:
     pristine = snapshot(guarded_objects())
     inputs = read_arrays("inputs.bin")
     ToyModel = toy_model_class()
-    _ndarray, _Tensor, _asarray, _from_numpy = np.ndarray, torch.Tensor, np.asarray, torch.from_numpy
+    _from_numpy = torch.from_numpy
 
     # 2. no process may be started from here on
     try:
@@ -227,18 +255,6 @@ def main() -> None:
             return ToyModel(W, c, e)
         raise ValueError(f"unknown argument kind {kind}")
 
-    def as_arrays(out) -> list:
-        items = list(out) if _isinstance(out, (tuple, list)) else [out]
-        arrays = []
-        for item in items:
-            if _isinstance(item, _Tensor):
-                item = item.detach().cpu().numpy()
-            a = _asarray(item)
-            if a.dtype.kind not in NUMERIC:
-                raise TypeError(f"returned a {_type(item).__name__}, which is not a number, array or tensor")
-            arrays.append(a.copy(order="C"))
-        return arrays
-
     for q in plan["calls"]:
         name = q["name"]
         for k, case in enumerate(q["cases"]):
@@ -249,15 +265,10 @@ def main() -> None:
                 if fn is None:
                     raise NameError(f"{name} is not defined")
                 args = [arg(a) for a in case["args"]]
-                if q.get("module"):
-                    init, state = args[0], case["state"]
-                    obj = fn(*init)
-                    obj.load_state_dict({key: _from_numpy(inputs[v].copy()) for key, v in state.items()})
-                    out = obj(*args[1:])
-                else:
-                    out = fn(*args)
-                restore(pristine)
-                arrays = as_arrays(out)
+                state = {key: _from_numpy(inputs[v].copy()) for key, v in case.get("state", {}).items()}
+                out = invoke(fn, args, state, bool(q.get("module")))
+                restore(pristine)  # the harness's own code runs unpatched from here
+                arrays = output_arrays(out)
                 module = getattr(fn, "__module__", None)
                 record({"t": "result", "q": name, "case": k, "module": _str(module)}, arrays)
             except BaseException as exc:  # noqa: BLE001

@@ -15,7 +15,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .harness import NUMERIC, toy_model_class
+from .harness import invoke, output_arrays, toy_model_class
 
 ToyModel = toy_model_class()
 
@@ -91,26 +91,11 @@ def materialize(a):
 
 def call(q: Question, fn, case: Case):
     """Call ``fn`` (a function or, for a module question, a class) on ``case``."""
-    args = [materialize(a) for a in case.args]
-    if q.module:
-        obj = fn(*args[0])
-        obj.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in (case.state or {}).items()})
-        return obj(*args[1:])
-    return fn(*args)
+    state = {k: torch.from_numpy(v.copy()) for k, v in (case.state or {}).items()}
+    return invoke(fn, [materialize(a) for a in case.args], state, q.module)
 
 
-def to_arrays(out) -> list[np.ndarray]:
-    """A function's return value as a list of NumPy arrays (a tuple gives several)."""
-    items = list(out) if isinstance(out, (tuple, list)) else [out]
-    arrays = []
-    for item in items:
-        if isinstance(item, torch.Tensor):
-            item = item.detach().cpu().numpy()
-        a = np.asarray(item)
-        if a.dtype.kind not in NUMERIC:
-            raise TypeError(f"returned a {type(item).__name__}, which is not a number, array or tensor")
-        arrays.append(a)
-    return arrays
+to_arrays = output_arrays  # one reading of return values, here and in the sandbox
 
 
 def compare(expected: list[np.ndarray], got: list[np.ndarray], rtol: float, atol: float) -> tuple[bool, str]:
