@@ -18,7 +18,7 @@ import nbformat
 
 from ddpmkit.checkpoint import save_json
 from ddpmkit.grading.grader import grade_batch
-from ddpmkit.grading.notebooks import assignments_dir, student_notebook
+from ddpmkit.grading.notebooks import assignments_dir, grading_meta, student_notebook
 from ddpmkit.grading.sandbox import resolve_isolation
 from ddpmkit.train import hardware
 
@@ -35,7 +35,7 @@ def main() -> None:
     solved, empty = student_notebook(src, keep_solutions=True), student_notebook(src)
     half = student_notebook(src, keep_solutions=True)
     for cell, blank in zip(half.cells, empty.cells):
-        if cell.metadata.get("grade_id") == "answer:cosine_betas":
+        if grading_meta(cell).get("id") == "cosine_betas":
             cell.source = blank.source
     with tempfile.TemporaryDirectory() as tmp:
         paths = []

@@ -29,10 +29,12 @@ ModelKind = Literal["timelinear", "concat"]
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
     """Sinusoidal embedding (B,) -> (B, dim): [cos(t ω_0..ω_{h-1}), sin(t ω_0..ω_{h-1})],
-    ω_k = max_period^(-k/h), h = dim // 2 (an odd ``dim`` gets a zero last column)."""
+    ω_k = max_period^(-k/h), h = dim // 2 (an odd ``dim`` gets a zero last column), in the
+    default floating dtype (float32 unless a float64 reference is being computed)."""
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)  # (h,)
-    args = t.float()[:, None] * freqs[None]  # (B, h)
+    dtype = torch.get_default_dtype()
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=dtype) / half)  # (h,)
+    args = t.to(dtype)[:, None] * freqs[None]  # (B, h)
     emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)  # (B, 2h)
     if dim % 2:
         emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)

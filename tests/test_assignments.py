@@ -8,7 +8,7 @@ from nbclient import NotebookClient
 from ddpmkit import selfcheck
 from ddpmkit.grading.assignments import ASSIGNMENTS
 from ddpmkit.grading.grader import grade_submission
-from ddpmkit.grading.notebooks import assignments_dir, release_path, strip_solutions, student_notebook
+from ddpmkit.grading.notebooks import assignments_dir, grading_meta, release_path, strip_solutions, student_notebook
 
 SOURCES = {a.key: assignments_dir() / "source" / a.source for a in ASSIGNMENTS.values()}
 
@@ -29,9 +29,9 @@ def test_student_notebook_has_no_solution_and_runs_to_not_implemented(key):
     text = nbformat.writes(nb)
     assert "BEGIN SOLUTION" not in text and "raise NotImplementedError" in text
     # every question's answer cell is there, tagged for the grader
-    ids = {c.metadata.get("grade_id") for c in nb.cells}
+    answers = [grading_meta(c)["questions"] for c in nb.cells if grading_meta(c).get("kind") == "answer"]
     for q in ASSIGNMENTS[key].questions:
-        assert any(isinstance(i, str) and i.startswith("answer:") and q.name in i for i in ids), q.name
+        assert any(q.name in qs for qs in answers), q.name
     NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(SOURCES[key].parent)}}).execute()
     printed = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     assert all(f"… {q.name}: not implemented yet" in printed for q in ASSIGNMENTS[key].questions)
@@ -69,7 +69,7 @@ def test_grader_gives_solutions_full_marks_and_blank_notebooks_zero(key, tmp_pat
 def test_the_library_itself_is_not_an_answer(tmp_path):
     nb = student_notebook(SOURCES["a2"], keep_solutions=True)
     for cell in nb.cells:
-        if cell.metadata.get("grade_id") == "answer:chamfer":
+        if grading_meta(cell).get("id") == "chamfer":
             cell.source = "from ddpmkit.metrics import chamfer_distance as chamfer"
     path = tmp_path / "copycat.ipynb"
     nbformat.write(nb, path)

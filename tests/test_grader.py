@@ -18,7 +18,7 @@ import pytest
 import ddpmkit
 from ddpmkit.grading import grader as grader_mod
 from ddpmkit.grading.grader import grade_batch
-from ddpmkit.grading.notebooks import assignments_dir, build_all, student_notebook
+from ddpmkit.grading.notebooks import assignments_dir, build_all, grading_meta, student_notebook
 from ddpmkit.grading.sandbox import Limits, bwrap_path
 
 SRC = assignments_dir() / "source" / "a1_forward.md"
@@ -84,7 +84,7 @@ def submission(tmp: Path, student: str, *, replace: dict | None = None, add: lis
     nb = student_notebook(SRC, keep_solutions=True)
     for cell in nb.cells:
         for name, code in (replace or {}).items():
-            if cell.metadata.get("grade_id") == f"answer:{name}":
+            if grading_meta(cell).get("id") == name:
                 cell.source = code
     new = [nbformat.v4.new_code_cell(src) for src in add]
     nb.cells = (new + nb.cells) if add_first else (nb.cells + new)
@@ -96,13 +96,13 @@ def submission(tmp: Path, student: str, *, replace: dict | None = None, add: lis
 
 def drop_answer(name):
     def edit(nb):
-        nb.cells = [c for c in nb.cells if c.metadata.get("grade_id") != f"answer:{name}"]
+        nb.cells = [c for c in nb.cells if grading_meta(c).get("id") != name]
     return edit
 
 
 def duplicate_answer(name, second_source):
     def edit(nb):
-        i = next(i for i, c in enumerate(nb.cells) if c.metadata.get("grade_id") == f"answer:{name}")
+        i = next(i for i, c in enumerate(nb.cells) if grading_meta(c).get("id") == name)
         copy = nbformat.from_dict(json.loads(json.dumps(nb.cells[i])))
         copy.id, copy.source = "copy", second_source
         nb.cells.insert(i + 1, copy)
@@ -111,7 +111,7 @@ def duplicate_answer(name, second_source):
 
 def retype_answer(name):
     def edit(nb):
-        i = next(i for i, c in enumerate(nb.cells) if c.metadata.get("grade_id") == f"answer:{name}")
+        i = next(i for i, c in enumerate(nb.cells) if grading_meta(c).get("id") == name)
         c = nb.cells[i]
         nb.cells[i] = nbformat.v4.new_markdown_cell(c.source, metadata=c.metadata)
     return edit

@@ -17,7 +17,7 @@ from ..metrics import chamfer_distance
 from ..models import TimeLinear as LibTimeLinear, timestep_embedding
 from ..schedules import NoiseSchedule, make_betas
 from ..unet import ResBlock as LibResBlock, UNet, UNetConfig
-from .spec import Assignment, AsNumpy, Case, Question, Toy, materialize
+from .spec import SELF_CHECK_SEED, Assignment, Case, Question, Toy, case_key, materialize
 
 F32 = np.float32
 
@@ -57,6 +57,7 @@ def _q_sample_cases(rng):
         betas = _betas(rng)
         B = shape[0]
         t = rng.integers(0, len(betas), B)
+        t[rng.integers(B)] = 0  # the first step, where 1 - abar is smallest
         cases.append(Case((_normal(rng, *shape), t, _normal(rng, *shape), betas)))
     return cases
 
@@ -66,7 +67,8 @@ def ref_q_sample(x0, t, noise, betas):
 
 
 def _cosine_cases(rng):
-    return [Case((10, 0.008)), Case((int(rng.integers(50, 400)), 0.008)), Case((1000, float(rng.choice([0.004, 0.01, 0.02]))))]
+    """A short, a medium and a long schedule; every T and s drawn (none fixed, so no case is a self-check's)."""
+    return [Case((int(rng.integers(lo, hi)), float(rng.choice([0.008, 0.004, 0.01, 0.02])))) for lo, hi in [(5, 40), (50, 400), (800, 1200)]]
 
 
 def ref_cosine_betas(T, s=0.008):
@@ -92,9 +94,11 @@ A1 = Assignment(
     key="a1",
     title="Forward process and noise schedules",
     source="a1_forward.md",
+    library=("ddpmkit.diffusion.q_sample", "ddpmkit.diffusion.q_posterior", "ddpmkit.schedules.make_betas",
+             "ddpmkit.schedules.NoiseSchedule.__init__"),
     questions=(
         Question("q_sample", _q_sample_cases, ref_q_sample, hint="x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise"),
-        Question("cosine_betas", _cosine_cases, ref_cosine_betas, rtol=1e-9, atol=1e-12),
+        Question("cosine_betas", _cosine_cases, ref_cosine_betas),
         Question("q_posterior_mean_variance", _posterior_cases, ref_posterior),
     ),
 )
@@ -133,9 +137,12 @@ def ref_ddpm_loss(model, x0, t, noise, betas):
 
 def ref_p_sample(model, x_t, t: int, z, betas, predictor="eps"):
     """One step of Algorithm 2: x_{t-1} = μ̂_θ(x_t, t) + σ_t z, σ_t² = β_t, no noise at t = 0."""
-    s = _sched(betas).to(dtype=x_t.dtype)
-    tt = torch.full((x_t.shape[0],), int(t), dtype=torch.long)
-    mean = convert(s, predictor, model(x_t, tt), x_t, tt).mean
+    return _p_step(model, x_t, t, z, _sched(betas).to(dtype=x_t.dtype), predictor)
+
+
+def _p_step(model, x_t, t: int, z, s: NoiseSchedule, predictor="eps"):
+    tt = torch.full((x_t.shape[0],), int(t), dtype=torch.long)  # (B,)
+    mean = convert(s, predictor, model(x_t, tt), x_t, tt).mean  # (B, ...)
     return mean + s.betas[int(t)].sqrt() * z if int(t) > 0 else mean
 
 
@@ -150,9 +157,10 @@ def _p_sample_cases(rng):
 
 
 def ref_p_sample_loop(model, x_T, zs, betas):
+    s = _sched(betas).to(dtype=x_T.dtype)  # one schedule for the whole chain
     x = x_T
     for t in reversed(range(len(betas))):
-        x = ref_p_sample(model, x, t, zs[t], betas)
+        x = _p_step(model, x, t, zs[t], s)
     return x
 
 
@@ -177,13 +185,16 @@ A2 = Assignment(
     key="a2",
     title="DDPM on 2-D data",
     source="a2_ddpm_2d.md",
+    library=("ddpmkit.models.TimeLinear.forward", "ddpmkit.diffusion.q_sample", "ddpmkit.diffusion.diffusion_loss",
+             "ddpmkit.diffusion.convert", "ddpmkit.diffusion.q_posterior", "ddpmkit.samplers.ddpm_sample",
+             "ddpmkit.metrics.chamfer_distance", "ddpmkit.metrics._nn_sq_dists"),
     questions=(
-        Question("TimeLinear", _timelinear_cases, _RefTimeLinear, module=True, rtol=1e-5, atol=1e-5,
+        Question("TimeLinear", _timelinear_cases, _RefTimeLinear, module=True,
                  hint="the gate multiplies the linear layer's output: fc(x) * time_embedding(t)"),
-        Question("ddpm_loss", _loss_cases, ref_ddpm_loss, hint="the loss is the mean over every entry of (noise - eps_theta(x_t, t))^2"),
+        Question("ddpm_loss", _loss_cases, ref_ddpm_loss, grad=True, hint="the loss is the mean over every entry of (noise - eps_theta(x_t, t))^2"),
         Question("p_sample", _p_sample_cases, ref_p_sample, hint="no noise is added at t = 0; sigma_t^2 = beta_t"),
-        Question("p_sample_loop", _loop_cases, ref_p_sample_loop, rtol=1e-4, atol=1e-5, hint="use zs[t] at step t, for t = T-1 down to 0"),
-        Question("chamfer", _chamfer_cases, ref_chamfer, rtol=1e-4, atol=1e-5, any_float=True,
+        Question("p_sample_loop", _loop_cases, ref_p_sample_loop, uses=("p_sample",), hint="use zs[t] at step t, for t = T-1 down to 0"),
+        Question("chamfer", _chamfer_cases, ref_chamfer, any_float=True,
                  hint="sum, not mean, of squared nearest-neighbour distances, in both directions"),
     ),
 )
@@ -242,9 +253,9 @@ def _resblock_cases(rng):
 def _reverse_cases(rng):
     cases = []
     for predictor in ("eps", "x0", "mean"):
-        for shape in [(4, 1, 4, 4), (6, 2)]:
+        for shape, last in [((4, 1, 4, 4), False), ((6, 2), True)]:
             betas = _betas(rng)
-            t = int(rng.integers(1, len(betas)))
+            t = 0 if last else int(rng.integers(1, len(betas)))  # index 0: the last step, no noise
             cases.append(Case((_normal(rng, *shape), _normal(rng, *shape), t, _normal(rng, *shape), betas, predictor)))
     return cases
 
@@ -257,14 +268,16 @@ A3 = Assignment(
     key="a3",
     title="The conditional UNet",
     source="a3_unet.md",
+    library=("ddpmkit.models.timestep_embedding", "ddpmkit.unet.UNet.embed", "ddpmkit.unet.ResBlock.forward",
+             "ddpmkit.diffusion.convert", "ddpmkit.diffusion.q_posterior", "ddpmkit.samplers.ddpm_sample"),
     questions=(
-        Question("sinusoidal_embedding", _sinusoid_cases, ref_sinusoid, rtol=1e-5, atol=1e-5,
+        Question("sinusoidal_embedding", _sinusoid_cases, ref_sinusoid,
                  hint="[cos(t w_k), sin(t w_k)] with w_k = 10000^(-k/h), h = dim // 2; an odd dim gets a zero last column"),
-        Question("ConditionEmbedding", _embedding_cases, _RefConditionEmbeddingLoad, module=True, atol=1e-5,
+        Question("ConditionEmbedding", _embedding_cases, _RefConditionEmbeddingLoad, module=True, uses=("sinusoidal_embedding",),
                  hint="time_mlp(sinusoidal_embedding(t, base)) + class_emb(y), with y = num_classes (the null label) when y is None"),
-        Question("ResBlock", _resblock_cases, _RefResBlock, module=True, rtol=1e-4, atol=1e-4,
+        Question("ResBlock", _resblock_cases, _RefResBlock, module=True,
                  hint="add emb(silu(emb)) as a per-channel bias after the first convolution"),
-        Question("reverse_step", _reverse_cases, ref_reverse_step, rtol=1e-4, atol=1e-5,
+        Question("reverse_step", _reverse_cases, ref_reverse_step,
                  hint="turn the prediction into the posterior mean (eqs. 7, 11, 15), then add sqrt(beta_t) z"),
     ),
 )
@@ -309,7 +322,7 @@ def _classify_cases(rng):
 def ref_classify(model, x0, ts, noises, betas):
     """The training-free classifier (``guidance.diffusion_classify``) on given noise draws."""
     s, K, B = _sched(betas), model.null_label, x0.shape[0]
-    errors = torch.zeros(B, K)
+    errors = torch.zeros(B, K, dtype=x0.dtype)
     for t, eps in zip(ts.tolist(), noises):
         tt = torch.full((B,), t, dtype=torch.long)
         x_t = lib_q_sample(s, x0, tt, eps)
@@ -323,11 +336,13 @@ A4 = Assignment(
     key="a4",
     title="Classifier-free guidance",
     source="a4_guidance.md",
+    library=("ddpmkit.guidance.CFGModel.forward", "ddpmkit.guidance.diffusion_classify", "ddpmkit.samplers.ddpm_sample",
+             "ddpmkit.samplers.ddim_sample", "ddpmkit.diffusion.convert", "ddpmkit.diffusion.q_sample"),
     questions=(
-        Question("cfg_eps", _cfg_cases, ref_cfg_eps, atol=1e-5, hint="(1 + w) eps(x, t, y) - w eps(x, t, null), null = model.null_label"),
-        Question("guided_sample", _guided_cases, ref_guided_sample, rtol=1e-4, atol=1e-4,
+        Question("cfg_eps", _cfg_cases, ref_cfg_eps, hint="(1 + w) eps(x, t, y) - w eps(x, t, null), null = model.null_label"),
+        Question("guided_sample", _guided_cases, ref_guided_sample, uses=("cfg_eps",),
                  hint="the ancestral loop of A2 with the guided eps at every step"),
-        Question("classify", _classify_cases, ref_classify, rtol=1e-4, atol=1e-5,
+        Question("classify", _classify_cases, ref_classify, argmin=(0, 1),
                  hint="average the squared error over the given (t, noise) pairs; the same noise for every label"),
     ),
 )
@@ -343,12 +358,20 @@ def get_assignment(key: str) -> Assignment:
     raise ValueError(f"unknown assignment {key!r}; choose one of {', '.join(ASSIGNMENTS)}")
 
 
-def reference_outputs(q: Question, case: Case):
-    """The reference answer to one case, computed in the grader's own process."""
-    from .spec import call
+def hidden_cases(q: Question, rng: np.random.Generator, tries: int = 50) -> list[Case]:
+    """The grader's cases: drawn from ``rng``, and never one of the self-check's visible cases
+    (a case that collides is drawn again), so memorised self-check answers earn nothing."""
+    visible = {case_key(c) for c in q.cases(np.random.default_rng(SELF_CHECK_SEED))}
+    cases = q.cases(rng)
+    for k, c in enumerate(cases):
+        for _ in range(tries):
+            if case_key(c) not in visible:
+                break
+            c = q.cases(rng)[k]
+        else:
+            raise RuntimeError(f"{q.name}: case {k} keeps matching a self-check case; widen its input ranges")
+        cases[k] = c
+    return cases
 
-    with torch.no_grad():
-        return call(q, q.reference, case)
 
-
-__all__ = ["ASSIGNMENTS", "get_assignment", "reference_outputs", "materialize"]
+__all__ = ["ASSIGNMENTS", "get_assignment", "hidden_cases", "materialize"]

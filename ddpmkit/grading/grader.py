@@ -1,16 +1,18 @@
 """``ddpmkit grade``: grade a class's notebooks in sandboxes, compare outside them.
 
-For each submission:
+One submission goes through five steps, each a function with typed data between them:
 
-1. read the notebook as data (never executed here); a broken file is a clear message
-2. draw fresh inputs for every question (a new seed per submission) and compute the
-   reference answers here, in the grader's process
-3. run the released setup cells and the student's cells in the sandbox
-   (``sandbox.run_harness``), which calls the student's functions on those inputs and
-   streams the outputs back as plain arrays
-4. compare each output with its reference (``spec.compare``); one point per case
-5. if the process died in the middle of a question (a crash, ``os._exit``, a timeout),
-   that question gets the reason and the sandbox runs again for the questions after it
+1. ``probe``       the path is checked before it is opened (a regular file, not a link,
+                   not too large) and read once, with a bound            -> ``Submission``
+2. ``prepare``     the notebook is parsed as data (never executed here) and the cells
+                   to run are chosen                                      -> ``Plan``
+3. ``draw``        fresh inputs for every question (from the grading seed) and their
+                   float64 references with tolerances, in this process    -> ``Expected``
+4. ``run``         the sandbox runs the cells, then answers one call per case; a crash
+                   or a timeout ends that question only, within one time budget for the
+                   whole submission                                        -> ``Transcript``
+5. ``score``       every answer is judged against its reference; one point per case
+                                                                           -> feedback
 
 The gradebook (CSV) and each student's feedback (JSON) are written atomically after every
 submission, so an interrupted batch resumes with ``--resume`` and loses nothing.
@@ -22,56 +24,346 @@ import csv
 import hashlib
 import io
 import json
+import os
 import secrets
-import shutil
-import struct
+import stat
 import sys
-import tempfile
 import threading
 import time
+import unicodedata
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ..checkpoint import _atomic_write, save_json
 from . import notebooks
-from .assignments import Assignment, get_assignment, reference_outputs
-from .harness import NUMERIC
-from .sandbox import NOT_ISOLATED, Isolation, Limits, resolve_isolation, run_harness
-from .spec import encode_cases, judge, to_arrays, write_arrays
+from .assignments import Assignment, get_assignment, hidden_cases
+from .harness import MAX_OUTPUT, pack_frame, parse_arrays
+from .sandbox import NOT_ISOLATED, FrameError, Isolation, Limits, Session, resolve_isolation
+from .sanitize import sanitized_root
+from .spec import Case, Expected, Question, Toy, encode_cases, expected_outputs, judge_with_hint, materialize, to_arrays
 
-MAX_RESULTS_BYTES = 256 << 20  # a results stream larger than this is not read
 CUDA_HINT = " The grader has no GPU: use the device of your inputs (x.device) instead of .cuda() or 'cuda'."
+MAX_RESULT_BYTES = MAX_OUTPUT + (1 << 20)  # a frame larger than this is not read
 
 
-# ---- the results stream --------------------------------------------------------------------
-def parse_records(blob: bytes) -> tuple[list[dict], bool]:
-    """Records of ``harness.record``; stops at the first malformed one. Returns (records, intact)."""
-    out, pos = [], 0
-    while pos < len(blob):
-        if pos + 4 > len(blob):
-            return out, False
-        (n,) = struct.unpack(">I", blob[pos : pos + 4])
+# ---- 1. probe: the path, before anything is opened ----------------------------------------
+@dataclass
+class Submission:
+    path: Path
+    student: str
+    data: bytes | None  # the file's bytes, read once; None when refused
+    sha256: str | None
+    refused: str | None = None  # why the file was not graded
+
+
+def probe(path: Path, student: str) -> Submission:
+    """Type and size first (``lstat``: a link is never followed), then one bounded read
+    through a descriptor opened without following links and without blocking."""
+    try:
+        st = os.lstat(path)
+    except OSError as exc:
+        return Submission(path, student, None, None, f"cannot read the submission: {exc.strerror}")
+    if stat.S_ISLNK(st.st_mode):
+        return Submission(path, student, None, None, "the submission is a symbolic link; links are not followed: submit the notebook file itself")
+    if not stat.S_ISREG(st.st_mode):
+        kind = {stat.S_IFDIR: "a directory", stat.S_IFIFO: "a FIFO (named pipe)", stat.S_IFCHR: "a character device",
+                stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket"}.get(stat.S_IFMT(st.st_mode), "not a regular file")
+        return Submission(path, student, None, None, f"the submission is {kind}, not a notebook file")
+    limit = notebooks.MAX_NOTEBOOK_BYTES
+    if st.st_size > limit:
+        return Submission(path, student, None, None,
+                          f"the file is {st.st_size / 2**20:.0f} MB, over the {limit >> 20} MB limit; clear the outputs and submit again")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as exc:
+        return Submission(path, student, None, None, f"cannot open the submission: {exc.strerror}")
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # replaced between the two looks
+            return Submission(path, student, None, None, "the submission changed while it was being read; submit it again")
+        chunks, size = [], 0
+        while size <= limit and (chunk := os.read(fd, 1 << 20)):
+            chunks.append(chunk)
+            size += len(chunk)
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    digest = hashlib.sha256(data).hexdigest()
+    if size > limit:
+        return Submission(path, student, None, digest, f"the file grew over the {limit >> 20} MB limit while it was read")
+    return Submission(path, student, data, digest)
+
+
+# ---- 4. run: the transcript of one submission's sandboxed runs ---------------------------------
+@dataclass
+class CellEvent:
+    label: str
+    error: str
+    traceback: str
+    questions: list[str] = field(default_factory=list)  # the questions an answer cell defines
+
+
+@dataclass
+class Answer:
+    """What the sandbox sent back for one case."""
+
+    arrays: list[np.ndarray] | None = None  # the outputs (None: the call raised)
+    types: list[str] = field(default_factory=list)  # Python type of each output
+    module: str = ""  # __module__ of the graded function
+    error: str = ""  # the exception, when the call raised
+    names: list[str] = field(default_factory=list)  # callables defined, when the asked name was not
+    mutated: list[int] = field(default_factory=list)  # arguments the call modified in place
+    grad: str | None = None  # ok / none / zero, for a loss that must back-propagate
+    too_large: int | None = None  # bytes, when the output was too large to send back
+
+
+@dataclass
+class Transcript:
+    cells: list[CellEvent] = field(default_factory=list)  # cells that raised (first run)
+    answers: dict[tuple[str, int], Answer] = field(default_factory=dict)
+    failures: dict[str, str] = field(default_factory=dict)  # question -> why its remaining cases were not answered
+    notes: list[str] = field(default_factory=list)
+    helpers: dict[str, int] = field(default_factory=dict)  # question -> calls answered by a reference helper
+    output: str = ""
+    output_bytes: int = 0
+    status: str = "graded"
+    seconds: float = 0.0
+
+
+def read_answer(header: dict, arrays: list[np.ndarray]) -> Answer:
+    """A typed answer from a result or call_error header, every field checked."""
+
+    def strings(v) -> list[str]:
+        return [str(x)[:200] for x in v[:200]] if isinstance(v, list) else []
+
+    if header.get("t") == "result":
+        types = strings(header.get("types"))
+        mutated = [int(i) for i in header.get("mutated", []) if isinstance(i, int)] if isinstance(header.get("mutated"), list) else []
+        grad = header.get("grad") if header.get("grad") in ("ok", "none", "zero") else None
+        return Answer(arrays=arrays, types=types, module=str(header.get("module", ""))[:200], mutated=mutated, grad=grad)
+    too_large = header.get("too_large")
+    return Answer(error=str(header.get("error", "error"))[:4000], names=strings(header.get("names")),
+                  too_large=too_large if isinstance(too_large, int) else None)
+
+
+def _frame(blob: bytes) -> tuple[dict, list[np.ndarray]]:
+    """Header and arrays of one frame from the sandbox; ``FrameError`` for anything malformed."""
+    n = int.from_bytes(blob[:4], "big")
+    try:
+        header = json.loads(blob[4 : 4 + n])
+        if not isinstance(header, dict):
+            raise ValueError("the header is not an object")
+        return header, parse_arrays(header, blob[4 + n :])
+    except (ValueError, TypeError, KeyError, RecursionError) as exc:
+        raise FrameError(f"an unreadable frame ({type(exc).__name__}: {str(exc)[:100]})") from None
+
+
+def _helper_reply(a: Assignment, name: str, header: dict, arrays: list[np.ndarray]) -> bytes:
+    """The reference answer to a helper call the student's code made during a call."""
+    q = a.question(name)
+
+    def value(spec):
+        if not isinstance(spec, dict) or len(spec) != 1:
+            raise ValueError("a malformed argument")
+        kind, v = next(iter(spec.items()))
+        if kind in ("tensor", "numpy"):
+            arr = arrays[int(v)]
+            return torch.from_numpy(arr.copy()) if kind == "tensor" else arr.copy()
+        if kind == "toy":
+            return materialize(Toy(*(arrays[int(v[k])] if v.get(k) is not None else None for k in ("W", "c", "e"))))
+        if kind == "value":
+            return v
+        raise ValueError(f"an argument of kind {kind!r}")
+
+    try:
+        args = [value(s) for s in header.get("args", [])]
+        kwargs = {str(k): value(s) for k, s in header.get("kwargs", {}).items()}
+        with torch.no_grad():
+            out = q.reference(*args, **kwargs)
+        outs = to_arrays(out)
+        return pack_frame({"t": "helper_result", "tuple": isinstance(out, (tuple, list))}, outs)
+    except Exception as exc:  # the student called the helper with arguments the reference cannot take
+        return pack_frame({"t": "helper_error", "error": f"{name} (the grader's reference) could not be called with these arguments: "
+                                                         f"{type(exc).__name__}: {str(exc)[:300]}"})
+
+
+def run(a: Assignment, plan: notebooks.Plan, cases: dict[str, list[Case]], limits: Limits, mode, seed: int) -> Transcript:
+    """Run the sandbox until every case has an answer or a reason why not (step 4).
+
+    One time budget (``limits.timeout``) covers the whole submission; a question may use
+    at most ``limits.question_timeout`` of it. After a crash or a timeout inside a
+    question, that question's remaining cases fail with the reason and a new sandbox runs
+    the questions after it."""
+    tr = Transcript()
+    t0 = time.monotonic()
+    budget_end = t0 + limits.timeout
+    root = sanitized_root(a.library)
+    pending = list(a.questions)
+    first = True
+    while pending:
+        if time.monotonic() >= budget_end:
+            for q in pending:
+                tr.failures[q.name] = f"not graded: the submission's time budget of {limits.timeout:.0f} s ran out before this question"
+            tr.status = "graded (time budget ran out)"
+            break
+        session = Session(root, limits, mode, seed)
+        where, crashed_in, cell_label, timeout_used = "cells", None, None, limits.timeout
         try:
-            head = json.loads(blob[pos + 4 : pos + 4 + n])
-            arrays = []
-            p = pos + 4 + n
-            for dtype, shape, nbytes in head.get("arrays", []):
-                dt = np.dtype(dtype)
-                if dt.kind not in NUMERIC or dt.hasobject or p + nbytes > len(blob):
-                    return out, False
-                a = np.frombuffer(blob[p : p + nbytes], dtype=dt).reshape([int(s) for s in shape])
-                arrays.append(a)
-                p += nbytes
-        except (ValueError, TypeError, KeyError):
-            return out, False
-        head["_arrays"] = arrays
-        out.append(head)
-        pos = p
-    return out, True
+            session.send(pack_frame({"t": "setup", "cells": plan.cells, "seed": seed}))
+            # the cells: informational frames until "cells_done"
+            while True:
+                blob = session.receive(budget_end, MAX_RESULT_BYTES)
+                if blob is None:
+                    break
+                head, _ = _frame(blob)
+                t = head.get("t")
+                if t == "cell":
+                    cell_label = str(head.get("label", "?"))[:200]
+                elif t == "cell_error" and first:
+                    i = head.get("i")
+                    label = plan.cells[i]["label"] if isinstance(i, int) and 0 <= i < len(plan.cells) else "?"
+                    qs = plan.cells[i]["questions"] if isinstance(i, int) and 0 <= i < len(plan.cells) else []
+                    tr.cells.append(CellEvent(label, str(head.get("error", ""))[:4000], str(head.get("traceback", ""))[:4000], qs))
+                elif t == "seccomp" and not head.get("ok") and first:
+                    tr.notes.append(f"the process-creation filter could not be installed: {str(head.get('error'))[:200]}")
+                elif t == "cells_done":
+                    where = "calls"
+                    break
+            if where == "cells":
+                crashed_in = None
+            else:
+                for qi, q in enumerate(pending):
+                    q_end = min(budget_end, time.monotonic() + limits.question_timeout)
+                    timeout_used = min(limits.question_timeout, limits.timeout)
+                    arrays: dict[str, np.ndarray] = {}
+                    specs = encode_cases(q, cases[q.name], arrays)
+                    keys = list(arrays)
+                    for k, spec in enumerate(specs):
+                        nonce = secrets.token_hex(16)
+                        index = {key: i for i, key in enumerate(keys)}
+                        call = {"t": "call", "nonce": nonce, "q": q.name, "case": k, "module": q.module, "grad": q.grad,
+                                "uses": list(q.uses), "seed": (seed + 7919 * (qi + 1) + k) % 2**63,
+                                "args": [_reindex(s, index) for s in spec["args"]],
+                                "state": {n: index[v] for n, v in spec.get("state", {}).items()}}
+                        if not session.send(pack_frame(call, [arrays[key] for key in keys])):
+                            crashed_in = q.name
+                            break
+                        answer = None
+                        while answer is None:
+                            blob = session.receive(q_end, MAX_RESULT_BYTES)
+                            if blob is None:
+                                break
+                            head, arrs = _frame(blob)
+                            if head.get("nonce") != nonce:
+                                tr.notes.append(f"a record not sent in answer to a call was ignored ({q.name}, case {k + 1})")
+                                continue
+                            if head.get("t") == "helper" and head.get("name") in q.uses:
+                                tr.helpers[q.name] = tr.helpers.get(q.name, 0) + 1
+                                session.send(_helper_reply(a, str(head["name"]), head, arrs))
+                            elif head.get("t") in ("result", "call_error") and head.get("q") == q.name and head.get("case") == k:
+                                answer = read_answer(head, arrs)
+                            else:
+                                tr.notes.append(f"an unexpected record during {q.name}, case {k + 1}, was ignored")
+                        if answer is None:
+                            crashed_in = q.name
+                            break
+                        tr.answers[(q.name, k)] = answer
+                    if crashed_in:
+                        break
+                else:
+                    session.send(pack_frame({"t": "end"}))
+        except FrameError as exc:
+            crashed_in = crashed_in or (None if where == "cells" else next((q.name for q in pending if any((q.name, k) not in tr.answers for k in range(len(cases[q.name])))), None))
+            tr.notes.append(f"the sandbox sent {exc}; grading of that run stopped there")
+            if crashed_in is None and where == "calls":
+                pending = []
+        finally:
+            result = session.close()
+        if first:
+            tr.output, tr.output_bytes = result.output, result.output_bytes
+            if result.output_bytes > limits.output_kb * 1024:
+                tr.notes.append(f"the notebook printed {result.output_bytes / 2**20:.1f} MB; only the first {limits.output_kb} KB are kept")
+        first = False
+        if where == "cells":  # the process ended before the calls: nothing more can run
+            ending = result.ending(limits) if not result.timed_out else f"used up the submission's time budget of {limits.timeout:.0f} s"
+            for q in pending:
+                tr.failures[q.name] = f"not graded: the notebook {ending} while running {cell_label or 'its first cell'}"
+            tr.status = f"stopped in {cell_label}: {ending}"
+            break
+        if crashed_in is None:
+            break
+        ending = result.ending(limits, timeout_used)
+        if result.timed_out and time.monotonic() >= budget_end:
+            ending = f"used up the submission's time budget of {limits.timeout:.0f} s"
+        tr.failures[crashed_in] = f"{ending} while calling {crashed_in}"
+        tr.status = "graded (with a crash or timeout)"
+        idx = [q.name for q in pending].index(crashed_in)
+        pending = pending[idx + 1 :]
+    tr.seconds = time.monotonic() - t0
+    return tr
+
+
+def _reindex(spec: dict, index: dict[str, int]) -> dict:
+    """An argument spec with array keys replaced by their position in the frame."""
+    kind, v = next(iter(spec.items()))
+    if kind in ("tensor", "numpy"):
+        return {kind: index[v]}
+    if kind == "toy":
+        return {"toy": {k: (index[w] if w is not None else None) for k, w in v.items()}}
+    return spec
+
+
+# ---- 5. score ------------------------------------------------------------------------------------
+CONFUSABLES = str.maketrans({"а": "a", "е": "e", "о": "o", "р": "p", "с": "c", "у": "y", "х": "x", "і": "i", "ј": "j",
+                             "ѕ": "s", "ԁ": "d", "ɡ": "g", "ο": "o", "α": "a", "ν": "v", "ρ": "p", "τ": "t", "ι": "i",
+                             "κ": "k", "Ѕ": "S", "А": "A", "В": "B", "Е": "E", "К": "K", "М": "M", "Н": "H", "О": "O",
+                             "Р": "P", "С": "C", "Т": "T", "Х": "X", "Ι": "I", "Τ": "T", "ℓ": "l", "\u200b": "", "\u200c": "", "\u200d": ""})
+
+
+def skeleton(name: str) -> str:
+    """A name with look-alike characters mapped to the ASCII letters they imitate."""
+    return unicodedata.normalize("NFKC", name).translate(CONFUSABLES)
+
+
+def _lookalike(name: str, names: list[str]) -> str:
+    for n in names:
+        if n != name and skeleton(n) == skeleton(name):
+            odd = ", ".join(f"{c!r} (U+{ord(c):04X} {unicodedata.name(c, '?')})" for c in n if not c.isascii())
+            return f"; you defined {n!r}, which differs from {name!r} only by look-alike characters: {odd}. Retype the name in plain ASCII"
+    return ""
+
+
+def case_verdict(q: Question, exp: Expected, ans: Answer) -> tuple[bool, str]:
+    """One point or none, and the message for the student."""
+    if ans.arrays is None:
+        msg = ans.error
+        if "NotImplementedError" in msg and "the function you are asked to write" in msg:
+            return False, f"raised {msg.removeprefix('NotImplementedError: ')} (the library's answer is not available to graded code)"
+        if "NotImplementedError" in msg:
+            return False, "not implemented (the cell still raises NotImplementedError)"
+        if ans.too_large is not None:
+            return False, f"{msg}: return only what the question asks for"
+        if msg.startswith("NameError") and ans.names:
+            msg += _lookalike(q.name, ans.names)
+        if "cuda" in msg.lower() or "nvidia" in msg.lower():
+            msg += CUDA_HINT
+        return False, f"raised {msg}"
+    if ans.module.startswith("ddpmkit"):
+        return False, f"this is the library's {ans.module}.{q.name}, not your code; write the function yourself"
+    if ans.mutated:
+        return False, f"it modified its input argument(s) {', '.join(str(i + 1) for i in ans.mutated)} in place; work on copies (x = x + ..., not x += ...)"
+    if q.grad and ans.grad != "ok":
+        why = "the loss does not require grad (was it detached, computed under torch.no_grad(), or turned into a float?)" if ans.grad == "none" \
+            else "back-propagating the loss gives the network's parameters no gradient"
+        return False, f"the loss cannot train the network: {why}"
+    try:
+        return judge_with_hint(q, exp, [np.asarray(x) for x in ans.arrays], ans.types)
+    except Exception as exc:  # malformed arrays are the submission's fault
+        return False, f"the output could not be read: {exc}"
 
 
 @dataclass
@@ -85,26 +377,29 @@ class QuestionResult:
     def points(self) -> int:
         return sum(c["ok"] for c in self.cases)
 
-    def fail_rest(self, message: str) -> None:
-        while len(self.cases) < self.max_points:
-            self.cases.append({"ok": False, "message": message})
 
-
-def _case_message(head: dict, expected: list[np.ndarray], q) -> tuple[bool, str]:
-    if head["t"] == "call_error":
-        msg = head.get("error", "error")
-        if "NotImplementedError" in msg:
-            return False, "not implemented (the cell still raises NotImplementedError)"
-        if "cuda" in msg.lower() or "nvidia" in msg.lower():
-            msg += CUDA_HINT
-        return False, f"raised {msg}"
-    module = head.get("module") or ""
-    if module.startswith("ddpmkit"):
-        return False, f"this is the library's {module}.{q.name}, not your code; write the function yourself"
-    try:
-        return judge(q, expected, [np.asarray(a) for a in head["_arrays"]])
-    except Exception as exc:  # malformed arrays are the submission's fault
-        return False, f"the output could not be read: {exc}"
+def score(a: Assignment, expected: dict[str, list[Expected]], tr: Transcript, plan: notebooks.Plan | None) -> dict[str, QuestionResult]:
+    results = {}
+    for q in a.questions:
+        r = QuestionResult(q.name, len(expected[q.name]), notes=list(plan.notes.get(q.name, [])) if plan else [])
+        for k, exp in enumerate(expected[q.name]):
+            ans = tr.answers.get((q.name, k))
+            if ans is None:
+                r.cases.append({"ok": False, "message": tr.failures.get(q.name, "not graded")})
+            else:
+                ok, msg = case_verdict(q, exp, ans)
+                r.cases.append({"ok": ok, "message": msg})
+        if tr.helpers.get(q.name):
+            r.notes.append(f"graded with the reference {', '.join(q.uses)} in place of yours (called {tr.helpers[q.name]} times), "
+                           "so a mistake there costs only its own question")
+        if any("is not defined" in c["message"] for c in r.cases):
+            for cell in tr.cells:
+                if q.name in cell.questions:
+                    r.notes.append(f"its cell failed before defining it: {cell.error}")
+        if plan and q.name in plan.copies:
+            r.notes.append(plan.copies[q.name])
+        results[q.name] = r
+    return results
 
 
 # ---- one submission ------------------------------------------------------------------------
@@ -114,9 +409,17 @@ def student_id(path: Path, assignment: Assignment) -> str:
     return path.parent.name if path.stem == stem else path.stem
 
 
+def draw(a: Assignment, seed: int) -> tuple[dict[str, list[Case]], dict[str, list[Expected]]]:
+    """Step 3: the hidden cases and their references (float64, with tolerances)."""
+    rng = np.random.default_rng(seed)
+    cases = {q.name: hidden_cases(q, rng) for q in a.questions}
+    expected = {q.name: [expected_outputs(q, c, seed + 101 * k) for k, c in enumerate(cases[q.name])] for q in a.questions}
+    return cases, expected
+
+
 def grade_submission(
     assignment: Assignment,
-    path: Path,
+    path: Path | Submission,
     limits: Limits | None = None,
     isolation: Isolation = "auto",
     seed: int | None = None,
@@ -124,108 +427,39 @@ def grade_submission(
     """Grade one notebook; returns its feedback (what ``feedback/<student>.json`` holds)."""
     limits = limits or Limits()
     mode = resolve_isolation(isolation)
-    seed = secrets.randbits(63) if seed is None else int(seed)
-    rng = np.random.default_rng(seed)
-    results = {q.name: QuestionResult(q.name, 0) for q in assignment.questions}
+    seed = secrets.randbits(62) if seed is None else int(seed)
     t0 = time.monotonic()
+    sub = path if isinstance(path, Submission) else probe(Path(path), student_id(Path(path), assignment))
     feedback = {
-        "student": student_id(path, assignment), "assignment": assignment.key, "submission": str(path),
-        "sha256": hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None,
-        "isolation": "bubblewrap" if mode == "bwrap" else NOT_ISOLATED, "seed": seed, "notes": [], "cells": [], "output": "",
+        "student": sub.student, "assignment": assignment.key, "submission": str(sub.path), "sha256": sub.sha256,
+        "isolation": "bubblewrap" if mode == "bwrap" else NOT_ISOLATED, "seed": seed,
+        "time_budget": {"submission_s": limits.timeout, "question_s": min(limits.question_timeout, limits.timeout)},
+        "notes": [], "flags": [], "cells": [], "output": "",
     }
-    # 2. inputs and references, here
-    cases = {q.name: q.cases(rng) for q in assignment.questions}
-    expected = {q.name: [to_arrays(reference_outputs(q, c)) for c in cases[q.name]] for q in assignment.questions}
-    for q in assignment.questions:
-        results[q.name].max_points = len(cases[q.name])
-    # 1. the notebook, as data
+    cases, expected = draw(assignment, seed)  # 3.
+    plan, status = None, "graded"
+    tr = Transcript()
     try:
-        submitted, notes = notebooks.read_submission(path)
+        if sub.refused:
+            raise notebooks.NotebookError(sub.refused)
+        submitted, notes = notebooks.read_submission(sub.data)  # 2.
         feedback["notes"] += notes
+        source = notebooks.assignments_dir() / "source" / assignment.source
+        release = notebooks.student_notebook(source)
+        plan = notebooks.plan_cells(release, submitted, [q.name for q in assignment.questions], notebooks.reference_forms_cached(source))
+        feedback["notes"] += plan.general
+        feedback["flags"] += list(plan.copies.values())
     except notebooks.NotebookError as exc:
-        for r in results.values():
-            r.fail_rest(f"not graded: {exc}")
-        return _finish(feedback, results, t0, status=f"unreadable: {exc}")
-    release = notebooks.student_notebook(notebooks.assignments_dir() / "source" / assignment.source)
-    plan = notebooks.plan_cells(release, submitted, [q.name for q in assignment.questions])
-    feedback["notes"] += plan.general
-    for name, n in plan.notes.items():
-        results[name].notes += n
-    # 3-5. run, compare, rerun after a crash
-    pending = [q for q in assignment.questions]
-    status = "graded"
-    first_run = True  # cell errors are reported from the first run; a rerun repeats them
-    while pending:
-        arrays: dict[str, np.ndarray] = {}
-        calls = [{"name": q.name, "module": q.module, "cases": encode_cases(q, cases[q.name], arrays)} for q in pending]
-        work = Path(tempfile.mkdtemp(prefix="ddpmkit-grade-"))
-        try:
-            (work / "plan.json").write_text(json.dumps({"cells": plan.cells, "calls": calls}))
-            (work / "inputs.bin").write_bytes(write_arrays(arrays))
-            shutil.copy(Path(__file__).with_name("harness.py"), work / "harness.py")
-            run = run_harness(work, limits, mode)
-            res = work / "results.bin"
-            blob = b""
-            if res.is_file() and not res.is_symlink() and res.stat().st_size <= MAX_RESULTS_BYTES:
-                blob = res.read_bytes()
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-        if not feedback["output"]:
-            feedback["output"] = run.output
-            if run.output_bytes > limits.output_kb * 1024:
-                feedback["notes"].append(f"the notebook printed {run.output_bytes / 2**20:.1f} MB; only the first {limits.output_kb} KB are kept")
-        records, intact = parse_records(blob)
-        if not intact:
-            feedback["notes"].append("the results stream was cut or corrupted; only its intact part was read")
-        by_q = {q.name: q for q in pending}
-        current, in_cells, done, cell_label = None, True, False, None
-        for head in records:
-            t = head.get("t")
-            if t == "seccomp" and not head.get("ok"):
-                feedback["notes"].append(f"the process-creation filter could not be installed: {head.get('error')}")
-            elif t == "cell":
-                cell_label = head.get("label")
-            elif t == "cell_error" and first_run:
-                feedback["cells"].append({"cell": plan.cells[head["i"]]["label"] if isinstance(head.get("i"), int) and head["i"] < len(plan.cells) else "?",
-                                          "error": head.get("error", ""), "traceback": head.get("traceback", "")})
-            elif t == "cells_done":
-                in_cells = False
-            elif t == "call" and head.get("q") in by_q:
-                current = head["q"]
-            elif t in ("result", "call_error") and head.get("q") in by_q and not in_cells:
-                q = by_q[head["q"]]
-                r = results[q.name]
-                k = head.get("case")
-                if k == len(r.cases) and k < len(expected[q.name]):
-                    ok, msg = _case_message(head, expected[q.name][k], q)
-                    r.cases.append({"ok": ok, "message": msg})
-                current = None if len(r.cases) == r.max_points else current
-            elif t == "done":
-                done = True
-        first_run = False
-        if done:
-            break
-        # the process ended early: say where, and go on with the questions after it
-        ending = run.ending(limits)
-        if in_cells:
-            for q in pending:
-                results[q.name].fail_rest(f"not graded: the notebook {ending} while running {cell_label or 'its first cell'}")
-            status = f"stopped in {cell_label}: {ending}"
-            break
-        if current is None:  # between questions
-            current = next((q.name for q in pending if len(results[q.name].cases) < results[q.name].max_points), None)
-            if current is None:
-                break
-        results[current].fail_rest(f"{ending} while calling {current}")
-        status = "graded (with a crash or timeout)"
-        idx = [q.name for q in pending].index(current)
-        pending = [q for q in pending[idx + 1 :]]
-    # a question whose function never got defined: point at the cell that failed
-    for r in results.values():
-        if any("is not defined" in c["message"] for c in r.cases):
-            for cell in feedback["cells"]:
-                if cell["cell"].startswith("answer:") and r.name in cell["cell"].split(" ")[0].split(":", 1)[1].split(","):
-                    r.notes.append(f"its cell failed before defining it: {cell['error']}")
+        for q in assignment.questions:
+            tr.failures[q.name] = f"not graded: {exc}"
+        status = f"unreadable: {exc}" if not sub.refused else f"refused: {exc}"
+    if plan is not None:
+        tr = run(assignment, plan, cases, limits, mode, seed)  # 4.
+        status = tr.status
+        feedback["notes"] += tr.notes
+        feedback["cells"] = [{"cell": c.label, "error": c.error, "traceback": c.traceback} for c in tr.cells]
+        feedback["output"] = tr.output
+    results = score(assignment, expected, tr, plan)  # 5.
     return _finish(feedback, results, t0, status)
 
 
@@ -243,7 +477,8 @@ def _finish(feedback: dict, results: dict[str, QuestionResult], t0: float, statu
 
 # ---- a batch ---------------------------------------------------------------------------------
 def gradebook_columns(assignment: Assignment) -> list[str]:
-    return ["student", "points", "max_points"] + [q.name for q in assignment.questions] + ["status", "isolation", "sha256", "submission", "graded_at"]
+    return (["student", "points", "max_points"] + [q.name for q in assignment.questions]
+            + ["status", "flags", "isolation", "sha256", "submission", "graded_at"])
 
 
 def read_gradebook(path: Path) -> dict[str, dict]:
@@ -266,9 +501,14 @@ def row_of(feedback: dict) -> dict:
     return {
         "student": feedback["student"], "points": feedback["points"], "max_points": feedback["max_points"],
         **{q: v["points"] for q, v in feedback["questions"].items()},
-        "status": feedback["status"], "isolation": "bubblewrap" if feedback["isolation"] == "bubblewrap" else "none (NOT isolated)",
+        "status": feedback["status"], "flags": " | ".join(feedback.get("flags", [])),
+        "isolation": "bubblewrap" if feedback["isolation"] == "bubblewrap" else "none (NOT isolated)",
         "sha256": feedback["sha256"], "submission": feedback["submission"], "graded_at": feedback["graded_at"],
     }
+
+
+def _fingerprint(sub: Submission) -> str:
+    return sub.sha256 or f"refused:{sub.refused}"
 
 
 def grade_batch(
@@ -283,11 +523,15 @@ def grade_batch(
     isolation: Isolation = "auto",
     seed: int | None = None,
     progress: bool = True,
+    exports: tuple[str, ...] = (),
 ) -> dict[str, dict]:
     """Grade ``submissions`` into the gradebook ``out`` (CSV) and ``feedback_dir`` (JSON each).
 
-    ``resume`` skips a student whose row in ``out`` has the same submission checksum.
-    ``seed`` fixes every submission's inputs (for tests); by default each draws its own.
+    Every path gets a row, whatever it is. ``resume`` skips a student whose row has the
+    same submission checksum, and never retries a file that stopped the grader itself
+    (its start marker is still there): that file gets a row saying so. ``seed`` fixes
+    every submission's inputs; by default each draws its own. ``exports`` adds
+    ``gradescope`` (results.json per student) and/or ``canvas`` (a Canvas CSV).
     """
     a = get_assignment(assignment) if isinstance(assignment, str) else assignment
     mode = resolve_isolation(isolation)
@@ -295,11 +539,14 @@ def grade_batch(
         print("WARNING: " + NOT_ISOLATED, file=sys.stderr)
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
+    unknown = set(exports) - set(EXPORTS)
+    if unknown:
+        raise ValueError(f"unknown export {', '.join(sorted(unknown))}; choose among {', '.join(EXPORTS)}")
     out = Path(out)
     feedback_dir = Path(feedback_dir) if feedback_dir else out.parent / f"{out.stem}-feedback"
-    paths = [Path(p) for p in submissions]
+    feedback_dir.mkdir(parents=True, exist_ok=True)
     ids: dict[str, Path] = {}
-    for p in paths:
+    for p in map(Path, submissions):
         sid = student_id(p, a)
         if sid in ids:
             raise ValueError(f"{ids[sid]} and {p} both belong to student {sid!r}; rename one of them")
@@ -307,26 +554,84 @@ def grade_batch(
     rows = read_gradebook(out) if resume else {}
     todo = []
     for sid, p in ids.items():
-        digest = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else None
-        if resume and sid in rows and rows[sid].get("sha256") == digest:
+        sub = probe(p, sid)
+        marker = feedback_dir / f".{sid}.started"
+        if resume and sid in rows and rows[sid].get("sha256") == (sub.sha256 or ""):
             continue
-        todo.append(p)
+        if resume and marker.exists() and marker.read_text().strip() == _fingerprint(sub):
+            sub.refused = ("the grader itself stopped while grading this file in an earlier run (out of memory, or killed); "
+                           "it was not retried: grade it alone to see why")
+        todo.append(sub)
     lock = threading.Lock()
 
-    def one(p: Path) -> dict:
-        fb = grade_submission(a, p, limits, mode, seed)
-        with lock:  # feedback first, then the gradebook row: a crash never leaves a row without its feedback
-            save_json(fb, feedback_dir / f"{fb['student']}.json")
-            rows[fb["student"]] = row_of(fb)
-            write_gradebook(out, a, rows)
+    def one(sub: Submission) -> dict:
+        marker = feedback_dir / f".{sub.student}.started"
+        _atomic_write(marker, lambda f: f.write(_fingerprint(sub).encode()))
+        try:
+            try:
+                fb = grade_submission(a, sub, limits, mode, seed)
+            except Exception as exc:  # never lose the batch to one file: the row says what happened
+                fb = _finish({"student": sub.student, "assignment": a.key, "submission": str(sub.path), "sha256": sub.sha256,
+                              "isolation": "bubblewrap" if mode == "bwrap" else NOT_ISOLATED, "seed": seed, "notes": [], "flags": [],
+                              "cells": [], "output": ""},
+                             {q.name: QuestionResult(q.name, 0) for q in a.questions}, time.monotonic(),
+                             f"grader error: {type(exc).__name__}: {str(exc)[:300]}")
+            with lock:  # feedback first, then the gradebook row: a crash never leaves a row without its feedback
+                save_json(fb, feedback_dir / f"{fb['student']}.json")
+                for name in exports:
+                    EXPORTS[name](a, fb, out, feedback_dir)
+                rows[fb["student"]] = row_of(fb)
+                write_gradebook(out, a, rows)
+        except BaseException:
+            marker.unlink(missing_ok=True)  # an interruption of the grader, not the file's doing: retry it next time
+            raise
+        marker.unlink(missing_ok=True)
         return fb
 
     from tqdm.auto import tqdm
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = [pool.submit(one, p) for p in todo]
+        futures = [pool.submit(one, sub) for sub in todo]
         for fut in tqdm(as_completed(futures), total=len(futures), desc=f"grading {a.key}", disable=not progress):
             fut.result()
-    if not todo:
-        write_gradebook(out, a, rows)
+    write_gradebook(out, a, rows)
+    if "canvas" in exports:
+        write_canvas(a, rows, out)
+    if progress:
+        pts = [int(r["points"]) for r in rows.values()]
+        print(f"graded {len(todo)} of {len(ids)} submission(s) ({len(ids) - len(todo)} unchanged); "
+              f"mean {np.mean(pts) if pts else 0:.2f} of {a.max_points} points; gradebook {out}", file=sys.stderr)
     return rows
+
+
+# ---- exports -------------------------------------------------------------------------------------
+def gradescope_results(fb: dict) -> dict:
+    """Gradescope's autograder ``results.json``: one test per question, visible to the student."""
+    tests = []
+    for name, qv in fb["questions"].items():
+        lines = [f"case {i + 1}: {'ok' if c['ok'] else c['message']}" for i, c in enumerate(qv["cases"])] + qv["notes"]
+        tests.append({"name": name, "score": qv["points"], "max_score": qv["max_points"], "output": "\n".join(lines),
+                      "visibility": "visible"})
+    notes = fb.get("notes", []) + [f"cell {c['cell']}: {c['error']}" for c in fb.get("cells", [])]
+    return {"score": fb["points"], "tests": tests, "visibility": "visible", "stdout_visibility": "hidden",
+            "output": "\n".join([f"status: {fb['status']}", f"isolation: {fb['isolation']}"] + notes)}
+
+
+def _export_gradescope(a: Assignment, fb: dict, out: Path, feedback_dir: Path) -> None:
+    save_json(gradescope_results(fb), feedback_dir / "gradescope" / fb["student"] / "results.json")
+
+
+def write_canvas(a: Assignment, rows: dict[str, dict], out: Path) -> None:
+    """A CSV that Canvas's gradebook imports: Student, ID, SIS User ID, Section, then the
+    assignment's column with its points (Canvas matches rows by SIS User ID)."""
+    col = f"{a.title} ({a.key})"
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["Student", "ID", "SIS User ID", "SIS Login ID", "Section", col])
+    w.writerow(["    Points Possible", "", "", "", "", a.max_points])
+    for sid in sorted(rows):
+        w.writerow([sid, "", sid, sid, "", rows[sid]["points"]])
+    _atomic_write(out.with_name(f"{out.stem}-canvas.csv"), lambda f: f.write(buf.getvalue().encode()))
+
+
+EXPORTS = {"gradescope": _export_gradescope, "canvas": lambda a, fb, out, d: None}

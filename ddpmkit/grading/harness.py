@@ -1,17 +1,22 @@
-"""The only grading code that runs inside the sandbox, next to a student's notebook.
+"""The only grading code that runs inside the sandbox, beside a student's notebook.
 
-It is copied into the submission's scratch folder and started as ``python harness.py``.
-It imports nothing from ``ddpmkit.grading`` (that folder is hidden in the sandbox) and
-decides nothing: it executes the notebook's cells, calls the student's functions on the
-inputs the grader drew, and streams the raw outputs back as plain arrays. The grader, in
-its own process, compares them with the reference. A submission that tampers with this
-process can only break its own outputs; it cannot change a score.
+It is started as ``python harness.py REQ_FD RES_FD`` with two pipes to the grader. It
+imports nothing from ``ddpmkit.grading`` (that folder is not in the sandbox) and decides
+nothing: it runs the notebook's cells, then answers the grader's calls one at a time,
+calling the student's functions on the inputs each call carries and sending the raw
+outputs back as plain arrays. The grader, in its own process, compares them with the
+reference.
 
-Protocol (all files in the working directory):
-  plan.json       cells to run and calls to make, written by the grader
-  inputs.bin      the arrays those calls take (see ``read_arrays``)
-  results.bin     written here: a stream of records, each a 4-byte big-endian length,
-                  a JSON header and the raw bytes of the arrays the header describes
+Why a notebook cannot forge a result: the inputs never touch the disk and reach the
+process only after every cell has run, one call at a time; each call carries a fresh
+random nonce, and the grader accepts exactly one answer per call, carrying that nonce.
+A cell can write what it likes to the pipe, but it cannot know a nonce that has not been
+sent yet, and the library functions that answer the questions do not exist in callable
+form in the sandbox: the only way to answer a call is to run code of one's own on its
+inputs.
+
+Frames (both directions): a 4-byte big-endian length, a JSON header whose ``arrays`` lists
+``[dtype, shape, nbytes]``, then the raw bytes of those arrays. Never a pickle.
 """
 
 from __future__ import annotations
@@ -25,6 +30,62 @@ import sys
 import traceback
 
 MAX_TEXT = 2000  # characters of an error message or traceback kept per record
+MAX_HEADER = 1 << 20  # bytes of one frame's JSON header
+MAX_OUTPUT = 64 << 20  # bytes of arrays one answer may send back
+NUMERIC = set("biuf")  # bool, signed, unsigned, float
+
+
+# ---- frames ------------------------------------------------------------------------------
+def pack_frame(header: dict, arrays=()) -> bytes:
+    """One frame: length, JSON header (with the arrays' dtypes, shapes, sizes), raw bytes."""
+    header = dict(header, arrays=[[a.dtype.str, list(a.shape), int(a.nbytes)] for a in arrays])
+    body = json.dumps(header).encode()
+    return struct.pack(">I", len(body)) + body + b"".join(a.tobytes() for a in arrays)
+
+
+def parse_arrays(header: dict, blob: bytes) -> list:
+    """The arrays a frame's header describes, read from ``blob`` (numeric dtypes only)."""
+    import numpy as np
+
+    specs = header.get("arrays", [])
+    if not isinstance(specs, list):
+        raise ValueError("'arrays' is not a list")
+    out, pos = [], 0
+    for spec in specs:
+        if not (isinstance(spec, list) and len(spec) == 3 and isinstance(spec[0], str) and isinstance(spec[1], list)
+                and all(isinstance(d, int) and 0 <= d for d in spec[1]) and isinstance(spec[2], int)):
+            raise ValueError("a malformed array description")
+        dt = np.dtype(spec[0])
+        if dt.kind not in NUMERIC or dt.hasobject:
+            raise ValueError(f"dtype {dt} is not numeric")
+        n = dt.itemsize
+        for d in spec[1]:
+            n *= d
+        if n != spec[2] or pos + n > len(blob):
+            raise ValueError("array sizes do not add up")
+        out.append(np.frombuffer(blob[pos : pos + n], dtype=dt).reshape(spec[1]))
+        pos += n
+    if pos != len(blob):
+        raise ValueError("bytes left over after the arrays")
+    return out
+
+
+def _read_exact(fd: int, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = os.read(fd, n - len(buf))
+        if not chunk:
+            raise EOFError("the pipe closed")
+        buf += chunk
+    return bytes(buf)
+
+
+def read_frame(fd: int) -> tuple[dict, list]:
+    """Read one frame (blocking): the harness's side of the pipe."""
+    (n,) = struct.unpack(">I", _read_exact(fd, 4))
+    header = json.loads(_read_exact(fd, n))
+    total = sum(int(s[2]) for s in header.get("arrays", []))
+    return header, parse_arrays(header, _read_exact(fd, total))
 
 
 # ---- the toy network the grader's checks pass to students' samplers ---------------------
@@ -35,17 +96,23 @@ def toy_model_class():
         """ε_θ(x, t, y) = tanh(flatten(x) W + c[t] + e[y]), reshaped like x.
 
         A stand-in network with fixed weights, so that samplers and losses can be checked to
-        the last digit. ``t`` is a 0-based step index (an int or a (B,) or (1,) tensor);
-        ``y`` a (B,) label tensor where ``null_label`` (the last row of ``e``) means "no label".
+        the last digit. It follows the conventions of every ddpmkit network: ``t`` is a
+        0-based step index (a Python int, a 0-d, (1,) or (B,) tensor); ``y`` a (B,) label
+        tensor, and ``y=None`` (or no ``y``) means the null label ``null_label``, the last
+        row of ``e``. Its weights are parameters, so a loss can be back-propagated to them.
         """
 
         def __init__(self, W, c, e=None):
             super().__init__()
-            self.W, self.c, self.e = W, c, e  # (D, D), (T, D), (K+1, D) or None
+            self.W = torch.nn.Parameter(W)  # (D, D)
+            self.c = torch.nn.Parameter(c)  # (T, D)
+            self.e = torch.nn.Parameter(e) if e is not None else None  # (K+1, D) or None
             self.calls = 0
 
         @property
         def null_label(self) -> int:
+            if self.e is None:
+                raise AttributeError("this network is unconditional: it has no null label")
             return self.e.shape[0] - 1
 
         def forward(self, x, t, y=None):
@@ -53,30 +120,18 @@ def toy_model_class():
             B = x.shape[0]
             t = torch.as_tensor(t, device=x.device).long().reshape(-1)  # (1,) or (B,)
             h = x.reshape(B, -1) @ self.W + self.c[t]  # (B, D)
-            if self.e is not None and y is not None:
-                h = h + self.e[torch.as_tensor(y).long()]  # (B, D)
+            if self.e is not None:
+                if y is None:
+                    y = torch.full((B,), self.null_label, dtype=torch.long, device=x.device)  # None: the null label
+                y = torch.as_tensor(y, device=x.device)
+                if y.dtype not in (torch.int32, torch.int64) or y.dim() != 1:
+                    raise ValueError(f"class labels must be an integer tensor of shape (B,), got {tuple(y.shape)} {y.dtype}")
+                h = h + self.e[y]  # (B, D)
+            elif y is not None:
+                raise ValueError("this network is unconditional; pass y=None")
             return torch.tanh(h).reshape(x.shape)
 
     return ToyModel
-
-
-# ---- array transport: never pickle ---------------------------------------------------------
-NUMERIC = set("biuf")  # bool, signed, unsigned, float
-
-
-def read_arrays(path: str) -> dict:
-    """Arrays written by ``ddpmkit.grading.grader.write_arrays``: a JSON index, then bytes."""
-    import numpy as np
-
-    with open(path, "rb") as f:
-        blob = f.read()
-    (n,) = struct.unpack(">I", blob[:4])
-    index = json.loads(blob[4 : 4 + n])
-    out, pos = {}, 4 + n
-    for key, dtype, shape, nbytes in index:
-        out[key] = np.frombuffer(blob[pos : pos + nbytes], dtype=np.dtype(dtype)).reshape(shape).copy()
-        pos += nbytes
-    return out
 
 
 # ---- calling an answer and reading what it returned (the grader's self-checks use these too) ----
@@ -105,6 +160,12 @@ def output_arrays(out) -> list:
             raise TypeError(f"returned a {type(item).__name__}, which is not a number, array or tensor")
         arrays.append(a.copy(order="C"))
     return arrays
+
+
+def scalar_types(out) -> list:
+    """The Python type name of each returned value (``Tensor``, ``float``, ``ndarray``, ...)."""
+    items = list(out) if isinstance(out, (tuple, list)) else [out]
+    return [type(item).__name__ for item in items]
 
 
 # ---- no new processes: a seccomp filter --------------------------------------------------
@@ -179,42 +240,51 @@ def restore(saved: list) -> None:
 
 
 # ---- the run ---------------------------------------------------------------------------------
+def seed_everything(seed: int) -> None:
+    """Seed every random generator a notebook may use, from the grading seed."""
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
 def main() -> None:
     # 1. capture what the harness needs before any student code can replace it
-    _write, _open, _dumps, _exit = os.write, os.open, json.dumps, os._exit
-    _pack, _len, _str, _type = struct.pack, len, str, type
-    _format_exc = traceback.format_exception
-    with open("plan.json") as f:
-        plan = json.load(f)
-    out_fd = _open("results.bin", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    req_fd, res_fd = int(sys.argv[1]), int(sys.argv[2])
+    _write, _exit, _str, _type, _len, _isinstance = os.write, os._exit, str, type, len, isinstance
+    _pack, _read_frame, _format_exc = pack_frame, read_frame, traceback.format_exception
 
-    def record(header: dict, arrays=()) -> None:
-        header["arrays"] = [[a.dtype.str, list(a.shape), a.nbytes] for a in arrays]
-        body = _dumps(header).encode()
-        payload = _pack(">I", _len(body)) + body + b"".join(a.tobytes() for a in arrays)
-        _write(out_fd, payload)
+    def send(header: dict, arrays=()) -> None:
+        data = memoryview(_pack(header, arrays))
+        while data:
+            data = data[_write(res_fd, data):]
 
     def error_text(exc: BaseException) -> dict:
         tb = "".join(_format_exc(_type(exc), exc, exc.__traceback__)[-6:])
         return {"error": f"{_type(exc).__name__}: {exc}"[:MAX_TEXT], "traceback": tb[-MAX_TEXT:]}
 
+    setup, _ = _read_frame(req_fd)  # the cells and the seed; no inputs yet
     import numpy as np
     import torch
 
     torch.set_num_threads(1)
-    import ddpmkit.diffusion, ddpmkit.guidance, ddpmkit.metrics, ddpmkit.models, ddpmkit.schedules, ddpmkit.unet  # noqa: E401, F401
+    import ddpmkit  # noqa: F401  (the sandbox's copy: the functions that answer questions raise)
 
+    seed_everything(int(setup["seed"]))
     pristine = snapshot(guarded_objects())
-    inputs = read_arrays("inputs.bin")
     ToyModel = toy_model_class()
-    _from_numpy = torch.from_numpy
+    _from_numpy, _Tensor, _ndarray, _equal = torch.from_numpy, torch.Tensor, np.ndarray, np.array_equal
 
     # 2. no process may be started from here on
     try:
         forbid_new_processes()
-        record({"t": "seccomp", "ok": True})
+        send({"t": "seccomp", "ok": True})
     except OSError as exc:
-        record({"t": "seccomp", "ok": False, "error": _str(exc)})
+        send({"t": "seccomp", "ok": False, "error": _str(exc)})
 
     # 3. the notebook's cells, in order, in one namespace; an error ends its cell only
     import types
@@ -224,57 +294,121 @@ def main() -> None:
     ns = main_module.__dict__
     guarded = guarded_objects()
     theirs = pristine  # the notebook's own patches carry from cell to cell, never into the harness
-    for i, cell in enumerate(plan["cells"]):
-        record({"t": "cell", "i": i, "label": cell["label"]})
+    for i, cell in enumerate(setup["cells"]):
+        send({"t": "cell", "i": i, "label": cell["label"]})
         restore(theirs)
         try:
-            code = compile(cell["source"], f"<cell {i}: {cell['label']}>", "exec")
-            exec(code, ns)
+            exec(compile(cell["source"], f"<cell {i}: {cell['label']}>", "exec"), ns)
             outcome = {"t": "cell_ok", "i": i}
         except BaseException as exc:  # noqa: BLE001 - SystemExit and KeyboardInterrupt included
-            outcome = {"t": "cell_error", "i": i, "exc": exc}
+            outcome = {"t": "cell_error", "i": i, **error_text(exc)}
         theirs = snapshot(guarded)
         restore(pristine)
-        exc = outcome.pop("exc", None)
-        record({**outcome, **error_text(exc)} if exc is not None else outcome)
+        send(outcome)
     restore(pristine)
-    record({"t": "cells_done"})
+    send({"t": "cells_done"})
 
-    # 4. the calls: each output goes back as plain arrays
-    def arg(spec):
+    # 4. the calls, one at a time, each answered with plain arrays
+    def arg(spec, arrays):
         kind, value = next(iter(spec.items()))
         if kind == "tensor":
-            return _from_numpy(inputs[value].copy())
+            return _from_numpy(arrays[value].copy())
         if kind == "numpy":
-            return inputs[value].copy()
+            return arrays[value].copy()
         if kind == "value":
             return value
         if kind == "toy":
-            W, c = _from_numpy(inputs[value["W"]].copy()), _from_numpy(inputs[value["c"]].copy())
-            e = _from_numpy(inputs[value["e"]].copy()) if value.get("e") else None
-            return ToyModel(W, c, e)
+            w = [_from_numpy(arrays[value[k]].copy()) if value.get(k) is not None else None for k in ("W", "c", "e")]
+            return ToyModel(*w)
         raise ValueError(f"unknown argument kind {kind}")
 
-    for q in plan["calls"]:
-        name = q["name"]
-        for k, case in enumerate(q["cases"]):
-            restore(pristine)
-            record({"t": "call", "q": name, "case": k})
+    def encode(values, arrays_out):
+        """Arguments of a helper call, as the grader reads them."""
+        specs = []
+        for v in values:
+            if _isinstance(v, ToyModel):
+                ws = {}
+                for k in ("W", "c", "e"):
+                    w = getattr(v, k)
+                    ws[k] = None if w is None else _len(arrays_out)
+                    if w is not None:
+                        arrays_out.append(w.detach().cpu().numpy().copy())
+                specs.append({"toy": ws})
+            elif _isinstance(v, _Tensor):
+                specs.append({"tensor": _len(arrays_out)})
+                arrays_out.append(v.detach().cpu().numpy().copy())
+            elif _isinstance(v, _ndarray):
+                specs.append({"numpy": _len(arrays_out)})
+                arrays_out.append(v.copy())
+            else:
+                specs.append({"value": v})
+        return specs
+
+    def helper(name: str, nonce: str):
+        def reference_helper(*args, **kwargs):
+            arrays_out: list = []
+            send({"t": "helper", "nonce": nonce, "name": name, "args": encode(args, arrays_out),
+                  "kwargs": dict(zip(kwargs, encode(list(kwargs.values()), arrays_out)))}, arrays_out)
+            head, arrays = _read_frame(req_fd)
+            if head.get("t") != "helper_result":
+                raise RuntimeError(head.get("error", "the grader's reference helper failed"))
+            outs = [_from_numpy(a.copy()) for a in arrays]
+            return tuple(outs) if head.get("tuple") else outs[0]
+
+        reference_helper.__name__ = reference_helper.__qualname__ = name
+        return reference_helper
+
+    while True:
+        head, arrays = _read_frame(req_fd)
+        if head.get("t") != "call":
+            break
+        name, k, nonce = head["q"], head["case"], head["nonce"]
+        restore(pristine)
+        seed_everything(int(head["seed"]))
+        saved = {u: ns[u] for u in head.get("uses", []) if u in ns}
+        try:
+            fn = ns.get(name)
+            if fn is None:
+                names = sorted(n for n, v in ns.items() if callable(v) and not n.startswith("__"))[:200]
+                send({"t": "call_error", "nonce": nonce, "q": name, "case": k, "error": f"NameError: {name} is not defined",
+                      "names": [n[:100] for n in names]})
+                continue
+            args = [arg(a, arrays) for a in head["args"]]
+            state = {key: _from_numpy(arrays[v].copy()) for key, v in head.get("state", {}).items()}
+            for u in head.get("uses", []):  # the reference in place of the student's helper (one bug, one question)
+                ns[u] = helper(u, nonce)
             try:
-                fn = ns.get(name)
-                if fn is None:
-                    raise NameError(f"{name} is not defined")
-                args = [arg(a) for a in case["args"]]
-                state = {key: _from_numpy(inputs[v].copy()) for key, v in case.get("state", {}).items()}
-                out = invoke(fn, args, state, bool(q.get("module")))
-                restore(pristine)  # the harness's own code runs unpatched from here
-                arrays = output_arrays(out)
-                module = getattr(fn, "__module__", None)
-                record({"t": "result", "q": name, "case": k, "module": _str(module)}, arrays)
-            except BaseException as exc:  # noqa: BLE001
-                restore(pristine)
-                record({"t": "call_error", "q": name, "case": k, **error_text(exc)})
-    record({"t": "done"})
+                out = invoke(fn, args, state, bool(head.get("module")))
+            finally:
+                for u in head.get("uses", []):
+                    ns.pop(u, None)
+                ns.update(saved)
+            restore(pristine)  # the harness's own code runs unpatched from here
+            grad = None
+            if head.get("grad"):
+                models = [a for a in args if _isinstance(a, ToyModel)]
+                if not (_isinstance(out, _Tensor) and out.requires_grad):
+                    grad = "none"
+                else:
+                    out.backward()
+                    grad = "ok" if any(p.grad is not None and bool((p.grad != 0).any()) for m in models for p in m.parameters()) else "zero"
+            mutated = []
+            for i, (a, spec) in enumerate(zip(args, head["args"])):
+                kind, value = next(iter(spec.items()))
+                if kind in ("tensor", "numpy") and not _equal(np.asarray(a.detach() if _isinstance(a, _Tensor) else a), arrays[value]):
+                    mutated.append(i)
+            out_arrays = output_arrays(out)
+            size = sum(a.nbytes for a in out_arrays)
+            if size > MAX_OUTPUT:
+                send({"t": "call_error", "nonce": nonce, "q": name, "case": k, "too_large": size,
+                      "error": f"the output is {size / 2**20:.0f} MB, more than the grader reads back ({MAX_OUTPUT >> 20} MB)"})
+                continue
+            send({"t": "result", "nonce": nonce, "q": name, "case": k, "module": _str(getattr(fn, "__module__", None)),
+                  "types": scalar_types(out), "mutated": mutated, "grad": grad}, out_arrays)
+        except BaseException as exc:  # noqa: BLE001
+            restore(pristine)
+            ns.update(saved)
+            send({"t": "call_error", "nonce": nonce, "q": name, "case": k, **error_text(exc)})
     _exit(0)
 
 

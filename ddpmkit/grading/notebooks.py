@@ -9,15 +9,19 @@ carry one tag saying what they are for:
 * ``check``  visible self-checks (``ddpmkit.selfcheck``); the grader skips them
 * ``demo``   training runs and figures; the grader skips them
 
-Each generated cell gets ``metadata.grade_id`` (``answer:q_sample``, ``setup:0``, ...), which
-is how the grader recognises a cell after a student has moved, copied or retyped it.
+Each generated code cell gets structured metadata, like nbgrader's ``metadata.nbgrader``:
+``metadata.grading = {"kind": "answer", "id": "q_sample", "questions": ["q_sample"]}`` (or
+``{"kind": "setup", "id": "setup-0"}``), which is how the grader recognises a cell after a
+student has moved, copied or retyped it.
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import nbformat
@@ -59,6 +63,10 @@ def defined_names(source: str) -> list[str]:
     return re.findall(r"^(?:def|class)\s+(\w+)", source, re.M)
 
 
+def cell_questions(meta_or_cell) -> list[str]:
+    return grading_meta(meta_or_cell).get("questions", [])
+
+
 def cell_kind(cell) -> str | None:
     kinds = [t for t in cell.metadata.get("tags", []) if t in KINDS]
     return kinds[0] if kinds else None
@@ -77,7 +85,7 @@ def read_source(path: Path):
 
 def student_notebook(path: Path, keep_solutions: bool = False) -> nbformat.NotebookNode:
     """The student version of the solution source at ``path``: solutions removed, no outputs,
-    a ``grade_id`` on every code cell, deterministic cell ids (so the file is reproducible).
+    ``metadata.grading`` on every code cell, deterministic cell ids (so the file is reproducible).
     With ``keep_solutions`` it is a completed submission instead (tests and benchmarks)."""
     nb = read_source(path)
     counts: dict[str, int] = {}
@@ -91,11 +99,11 @@ def student_notebook(path: Path, keep_solutions: bool = False) -> nbformat.Noteb
         if kind == "answer":
             if not names:
                 raise ValueError(f"{path.name} cell {i}: an answer cell must define the function or class it grades")
-            gid = "answer:" + ",".join(names)
+            meta = {"kind": kind, "id": ",".join(names), "questions": names}
         else:
-            gid = f"{kind}:{counts.setdefault(kind, 0)}"
+            meta = {"kind": kind, "id": f"{kind}-{counts.setdefault(kind, 0)}"}
             counts[kind] += 1
-        cell.metadata["grade_id"] = gid
+        cell.metadata["grading"] = meta
         cell.outputs, cell.execution_count = [], None
     nb.metadata.pop("jupytext", None)
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
@@ -130,16 +138,20 @@ class NotebookError(Exception):
     """The file is not a notebook the grader can read; the message says why and what to do."""
 
 
-def read_submission(path: Path) -> tuple[nbformat.NotebookNode, list[str]]:
-    """Parse a submitted notebook without executing anything. Returns (notebook, notes)."""
+def grading_meta(cell) -> dict:
+    """A cell's structured grading metadata ({} when it has none or it is malformed)."""
+    meta = cell.get("metadata", {}).get("grading")
+    if not isinstance(meta, dict) or meta.get("kind") not in KINDS or not isinstance(meta.get("id"), str):
+        return {}
+    qs = meta.get("questions", [])
+    return {"kind": meta["kind"], "id": meta["id"], "questions": [q for q in qs if isinstance(q, str)] if isinstance(qs, list) else []}
+
+
+def read_submission(data: bytes) -> tuple[nbformat.NotebookNode, list[str]]:
+    """Parse a submitted notebook's bytes without executing anything. Returns (notebook, notes)."""
     notes: list[str] = []
-    try:
-        size = path.stat().st_size
-    except OSError as exc:
-        raise NotebookError(f"cannot read the submission: {exc.strerror}") from None
-    if size > MAX_NOTEBOOK_BYTES:
-        raise NotebookError(f"the file is {size / 2**20:.0f} MB, over the {MAX_NOTEBOOK_BYTES >> 20} MB limit; clear the outputs and submit again")
-    data = path.read_bytes()
+    if len(data) > MAX_NOTEBOOK_BYTES:
+        raise NotebookError(f"the file is {len(data) / 2**20:.0f} MB, over the {MAX_NOTEBOOK_BYTES >> 20} MB limit; clear the outputs and submit again")
     try:
         raw = json.loads(data.decode("utf-8"))
     except UnicodeDecodeError:
@@ -147,6 +159,8 @@ def read_submission(path: Path) -> tuple[nbformat.NotebookNode, list[str]]:
     except json.JSONDecodeError as exc:
         truncated = "" if data.rstrip().endswith(b"}") else " The file ends early: was it truncated while saving or uploading?"
         raise NotebookError(f"not a notebook: invalid JSON at line {exc.lineno}, column {exc.colno} ({exc.msg}).{truncated}") from None
+    except RecursionError:
+        raise NotebookError("not a notebook: the JSON is nested too deeply to read") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("nbformat"), int):
         raise NotebookError("not a notebook: there is no 'nbformat' version at the top level")
     major = raw["nbformat"]
@@ -156,58 +170,155 @@ def read_submission(path: Path) -> tuple[nbformat.NotebookNode, list[str]]:
         raise NotebookError(f"nbformat {major} is newer than this grader understands (4)")
     try:
         nb = nbformat.reads(data.decode("utf-8"), as_version=4)
-    except Exception as exc:  # nbformat raises many kinds on malformed content
-        raise NotebookError(f"not a readable notebook: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+    except Exception as exc:  # nbformat raises many kinds on malformed content (RecursionError included)
+        raise NotebookError(f"not a readable notebook: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}") from None
     if major == 3:
         notes.append("the notebook was in the old nbformat 3; it was converted to nbformat 4 before grading")
-    for i, cell in enumerate(nb.get("cells", [])):
-        if not isinstance(cell.get("source", ""), str) or cell.get("cell_type") not in ("code", "markdown", "raw"):
-            raise NotebookError(f"not a valid notebook: cell {i} is malformed (type {cell.get('cell_type')!r})")
+    cells = nb.get("cells", [])
+    if not isinstance(cells, list):
+        raise NotebookError("not a valid notebook: 'cells' is not a list")
+    for i, cell in enumerate(cells):
+        if not isinstance(cell, dict) or not isinstance(cell.get("source", ""), str) or cell.get("cell_type") not in ("code", "markdown", "raw"):
+            raise NotebookError(f"not a valid notebook: cell {i} is malformed")
     return nb, notes
+
+
+@lru_cache(maxsize=None)
+def reference_forms_cached(source_path: Path) -> dict[str, tuple[str, int]]:
+    return reference_forms(source_path)
 
 
 @dataclass
 class Plan:
-    cells: list[dict]  # {"label", "source"} in execution order
+    cells: list[dict]  # {"label", "source", "questions"} in execution order
     notes: dict[str, list[str]]  # per question: what the grader noticed about its cell
     general: list[str]  # notes about the notebook as a whole
+    copies: dict[str, str] = field(default_factory=dict)  # question -> why its answer is flagged for the instructor
 
 
 def _clean(source: str) -> str:
-    """IPython-only lines (magics, shell escapes) become comments: a plain Python process runs the cells."""
-    return "\n".join(f"pass  # removed: {ln.strip()}" if ln.lstrip().startswith(("%", "!")) else ln for ln in source.splitlines())
+    """IPython-only lines (magics, shell escapes) become ``pass`` at the same indentation:
+    a plain Python process runs the cells, and an indented block stays a block."""
+    out = []
+    for ln in source.splitlines():
+        body = ln.lstrip()
+        if body.startswith(("%", "!")):
+            out.append(f"{ln[: len(ln) - len(body)]}pass  # removed: {body}")
+        else:
+            out.append(ln)
+    return "\n".join(out)
 
 
-def plan_cells(release: nbformat.NotebookNode, submitted: nbformat.NotebookNode, questions: list[str]) -> Plan:
+# ---- copies of the reference ------------------------------------------------------------------
+class _Normalize(ast.NodeTransformer):
+    """Local names renamed in order of appearance, docstrings dropped: a rename is no disguise."""
+
+    def __init__(self, local: set[str]):
+        self.local, self.names = local, {}
+
+    def _name(self, n: str) -> str:
+        if n not in self.local:
+            return n
+        return self.names.setdefault(n, f"v{len(self.names)}")
+
+    def visit_Name(self, node):
+        node.id = self._name(node.id)
+        return node
+
+    def visit_arg(self, node):
+        node.arg, node.annotation = self._name(node.arg), None
+        return node
+
+    def _body(self, node):
+        node.name = "f"
+        if node.body and isinstance(node.body[0], ast.Expr) and isinstance(getattr(node.body[0], "value", None), ast.Constant):
+            node.body = node.body[1:] or [ast.Pass()]
+        self.generic_visit(node)
+        return node
+
+    visit_FunctionDef = visit_AsyncFunctionDef = visit_ClassDef = _body
+
+
+def normalized(node: ast.AST) -> tuple[str, int]:
+    """(a normal form of a definition, its size in nodes)."""
+    local = {a.arg for a in ast.walk(node) if isinstance(a, ast.arg)}
+    local |= {n.id for n in ast.walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+    tree = _Normalize(local).visit(ast.parse(ast.unparse(node)).body[0])
+    return ast.dump(tree, annotate_fields=False), sum(1 for _ in ast.walk(tree))
+
+
+def definitions(source: str) -> dict[str, ast.AST]:
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return {}
+    imports = sorted((ast.unparse(n) for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))))
+    del imports  # imports never make a copy original: only the definitions are compared
+    return {n.name: n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
+
+
+MIN_COPY_NODES = 40  # shorter answers can match the reference by chance: never flagged
+
+
+def reference_forms(source_path: Path) -> dict[str, tuple[str, int]]:
+    """Normal forms of the solution's definitions, by name."""
+    nb = student_notebook(source_path, keep_solutions=True)
+    forms = {}
+    for cell in nb.cells:
+        if grading_meta(cell).get("kind") == "answer":
+            for name, node in definitions(cell.source).items():
+                forms[name] = normalized(node)
+    return forms
+
+
+def plan_cells(release: nbformat.NotebookNode, submitted: nbformat.NotebookNode, questions: list[str],
+               references: dict[str, tuple[str, int]] | None = None) -> Plan:
     """What runs in the sandbox: the released setup cells, then the student's answer cells and
-    the cells they added, in the student's order. Self-checks and demos are skipped."""
+    the cells they added, in the student's order. Self-checks and demos are skipped; edits
+    to a setup cell are reported (the released version runs); an answer whose normal form
+    is the reference solution's is flagged."""
     notes: dict[str, list[str]] = {q: [] for q in questions}
     general: list[str] = []
-    cells = [{"label": c.metadata["grade_id"], "source": _clean(c.source)} for c in release.cells
-             if c.cell_type == "code" and c.metadata.get("grade_id", "").startswith("setup:")]
-    answer_ids = {c.metadata["grade_id"] for c in release.cells if c.metadata.get("grade_id", "").startswith("answer:")}
+    released_setup = {grading_meta(c)["id"]: c.source for c in release.cells if grading_meta(c).get("kind") == "setup"}
+    cells = [{"label": f"setup cell {sid}", "source": _clean(src), "questions": []} for sid, src in released_setup.items()]
+    answer_ids = {grading_meta(c)["id"]: grading_meta(c)["questions"] for c in release.cells if grading_meta(c).get("kind") == "answer"}
     seen: dict[str, int] = {}
     added = 0
+    defined: dict[str, str] = {}
     for i, cell in enumerate(submitted.cells):
-        gid = cell.get("metadata", {}).get("grade_id")
-        if isinstance(gid, str) and gid in answer_ids:
-            seen[gid] = seen.get(gid, 0) + 1
+        meta = grading_meta(cell)
+        kind, cid = meta.get("kind"), meta.get("id")
+        if kind == "answer" and cid in answer_ids:
+            seen[cid] = seen.get(cid, 0) + 1
             if cell.cell_type != "code":
-                for q in gid.split(":", 1)[1].split(","):
+                for q in answer_ids[cid]:
                     if q in notes:
                         notes[q].append(f"its answer cell had been turned into a {cell.cell_type} cell; it was run as code")
-            cells.append({"label": f"{gid} (cell {i})", "source": _clean(cell.source)})
-        elif cell.cell_type == "code" and not (isinstance(gid, str) and gid.split(":")[0] in KINDS):
+            cells.append({"label": f"answer cell {cid} (cell {i})", "source": _clean(cell.source), "questions": answer_ids[cid]})
+            defined.update({n: cell.source for n in defined_names(cell.source)})
+        elif kind == "setup" and cid in released_setup:
+            if cell.source.strip() != released_setup[cid].strip():
+                general.append(f"setup cell {cid} (cell {i}) was edited; the grader runs the released version, so your edits there "
+                               "were not run: put your own code in a new cell")
+        elif cell.cell_type == "code" and kind not in KINDS:
             added += 1
-            cells.append({"label": f"added cell {i}", "source": _clean(cell.source)})
-    for gid in sorted(answer_ids):
-        for q in gid.split(":", 1)[1].split(","):
+            cells.append({"label": f"added cell {i}", "source": _clean(cell.source), "questions": []})
+            defined.update({n: cell.source for n in defined_names(cell.source)})
+    for cid, qs in sorted(answer_ids.items()):
+        for q in qs:
             if q not in notes:
                 continue
-            if gid not in seen:
+            if cid not in seen:
                 notes[q].append("its answer cell was deleted; the question is graded from any other cell that defines it")
-            elif seen[gid] > 1:
-                notes[q].append(f"its answer cell appears {seen[gid]} times; they ran in order, so the last definition counts")
+            elif seen[cid] > 1:
+                notes[q].append(f"its answer cell appears {seen[cid]} times; they ran in order, so the last definition counts")
     if added:
         general.append(f"{added} cell(s) you added were run too, in notebook order")
-    return Plan(cells, notes, general)
+    copies = {}
+    for q in questions:
+        ref = (references or {}).get(q)
+        node = definitions(_clean(defined[q])).get(q) if q in defined else None
+        if ref and node is not None and ref[1] >= MIN_COPY_NODES and normalized(node)[0] == ref[0]:
+            copies[q] = (f"{q}: FLAGGED for the instructor: its syntax tree, with names normalised, is the reference solution's "
+                         "(the points stand until someone has looked)")
+    return Plan(cells, notes, general, copies)

@@ -1,8 +1,9 @@
 """Run one submission's harness in a sandbox: bubblewrap where installed, resource limits always.
 
-With bubblewrap the process sees a read-only system, the Python installation and the
-``ddpmkit`` package (its ``grading`` folder replaced by an empty one), a private /tmp and
-its own scratch folder; it has no network, no other users' files, and runs as ``nobody``
+With bubblewrap the process sees a read-only system, the Python installation, a copy of
+the ``ddpmkit`` package without the functions the students write (``sanitize.py``) and
+without ``grading/``, and two RAM disks of fixed size: /tmp and its working folder
+/sandbox. It has no network, no other users' files, and runs as ``nobody``
 in fresh user, PID, IPC and network namespaces. Without bubblewrap only the limits apply,
 and every report says that the submission was NOT isolated.
 
@@ -12,17 +13,24 @@ fork bomb or ``os.system`` fails inside the student's cell instead of on the mac
 
 from __future__ import annotations
 
+import json
 import os
 import resource
+import select
 import shutil
 import signal
+import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+
+from .harness import MAX_HEADER
+from .sanitize import PACKAGE
 
 Isolation = Literal["auto", "bwrap", "none"]
 NOT_ISOLATED = (
@@ -33,13 +41,17 @@ NOT_ISOLATED = (
 
 @dataclass
 class Limits:
-    """What one sandboxed run may use."""
+    """What one submission may use. The defaults let ``-j 2`` run on a 24 GiB machine with
+    room to spare: two sandboxes of at most 6 GB address space and 2 x 256 MB of RAM disk."""
 
-    timeout: float = 120.0  # wall-clock seconds for one run (cells and calls)
+    timeout: float = 120.0  # wall-clock seconds for the whole submission: cells, calls and restarts
+    question_timeout: float = 40.0  # wall-clock seconds one question may take (within the budget)
     memory_gb: float = 6.0  # address space; importing torch alone takes about 3.5 GB of it
     cpu_seconds: int = 600  # CPU time (the wall clock usually ends a run first)
     processes: int = 512  # RLIMIT_NPROC above the user's current count (threads count too)
     file_mb: int = 256  # largest file the run may write
+    tmp_mb: int = 256  # size of the sandbox's /tmp (a RAM disk)
+    work_mb: int = 256  # size of its working folder /sandbox (a RAM disk)
     output_kb: int = 64  # stdout + stderr kept for the feedback; the rest is counted and dropped
 
 
@@ -51,10 +63,10 @@ class RunResult:
     output: str  # the first ``output_kb`` of stdout + stderr
     output_bytes: int  # everything the run printed
 
-    def ending(self, limits: Limits) -> str:
+    def ending(self, limits: Limits, timeout: float | None = None) -> str:
         """How the process ended, in words for a student."""
         if self.timed_out:
-            return f"timed out after {limits.timeout:.0f} s (an infinite loop, or far too slow)"
+            return f"timed out after {timeout if timeout is not None else limits.timeout:.0f} s (an infinite loop, or far too slow)"
         rc = self.returncode
         if rc is not None and (rc < 0 or 128 < rc < 128 + 65):  # killed, or bubblewrap reporting a kill as 128 + signal
             sig = -rc if rc < 0 else rc - 128
@@ -122,66 +134,138 @@ def _python_roots() -> list[Path]:
     return [r for r in roots if not any(o != r and o in r.parents for o in roots)]
 
 
-def bwrap_command(workdir: Path, argv: list[str]) -> list[str]:
-    import ddpmkit
-
+def bwrap_command(root: Path, limits: Limits, argv: list[str]) -> list[str]:
+    """bubblewrap around ``argv``: the system read-only, the withheld copy of ddpmkit (``root``)
+    over the real package, sized RAM disks for /tmp and the working folder, nothing else."""
     cmd = [bwrap_path(), "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
            "--uid", "65534", "--gid", "65534", "--hostname", "sandbox",
-           "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]  # /tmp first: later binds may lie under it
+           "--proc", "/proc", "--dev", "/dev", "--size", str(limits.tmp_mb << 20), "--tmpfs", "/tmp"]  # /tmp first: later binds may lie under it
     for p in ("/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin", "/etc"):
         if os.path.islink(p):
             cmd += ["--symlink", os.readlink(p), p]
         elif os.path.exists(p):
             cmd += ["--ro-bind", p, p]
-    for root in _python_roots():
-        if not str(root).startswith(("/usr/", "/etc/")):
-            cmd += ["--ro-bind", str(root), str(root)]
-    hidden = Path(ddpmkit.__file__).resolve().parent / "grading"
-    cmd += ["--tmpfs", str(hidden), "--remount-ro", str(hidden)]  # the checks: not there
-    cmd += ["--bind", str(workdir), "/sandbox", "--chdir", "/sandbox", "--remount-ro", "/"]  # only /tmp and /sandbox writable
+    for r in _python_roots():
+        if not str(r).startswith(("/usr/", "/etc/")):
+            cmd += ["--ro-bind", str(r), str(r)]
+    cmd += ["--ro-bind", str(root / "ddpmkit"), str(PACKAGE)]  # the answers are not in this copy
+    cmd += ["--ro-bind", str(root / "harness.py"), "/harness/harness.py"]
+    cmd += ["--size", str(limits.work_mb << 20), "--tmpfs", "/sandbox", "--chdir", "/sandbox", "--remount-ro", "/"]
     return cmd + argv
 
 
-def sandbox_env(home: str) -> dict[str, str]:
-    return {
-        "PATH": "/usr/bin:/bin", "HOME": home, "TMPDIR": "/tmp", "LANG": "C.UTF-8",
+def sandbox_env(home: str, seed: int, pythonpath: str | None = None) -> dict[str, str]:
+    env = {
+        "PATH": "/usr/bin:/bin", "HOME": home, "TMPDIR": "/tmp" if pythonpath is None else home, "LANG": "C.UTF-8",
         "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
         "MPLBACKEND": "Agg", "MPLCONFIGDIR": f"{home}/.mpl", "CUDA_VISIBLE_DEVICES": "",
-        "PYTHONDONTWRITEBYTECODE": "1", "DDPMKIT_PROFILE": "smoke", "TQDM_DISABLE": "1",
+        "PYTHONDONTWRITEBYTECODE": "1", "PYTHONHASHSEED": str(seed % 2**32), "DDPMKIT_PROFILE": "smoke", "TQDM_DISABLE": "1",
     }
+    if pythonpath:
+        env["PYTHONPATH"] = pythonpath
+    return env
 
 
-def run_harness(workdir: Path, limits: Limits, isolation: Literal["bwrap", "none"]) -> RunResult:
-    """Run ``harness.py`` in ``workdir`` under ``limits``; kill it and its children on timeout."""
-    if isolation == "bwrap":
-        argv = bwrap_command(workdir, [sys.executable, "-I", "-u", "/sandbox/harness.py"])
-        env, cwd = sandbox_env("/sandbox"), None
-    else:
-        argv, env, cwd = [sys.executable, "-I", "-u", str(workdir / "harness.py")], sandbox_env(str(workdir)), str(workdir)
-    t0 = time.monotonic()
-    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, preexec_fn=_limit_fn(limits), start_new_session=True)
-    kept, total = bytearray(), [0]
+class Session:
+    """One sandboxed harness process and its two pipes (see ``harness.py``).
 
-    def drain() -> None:  # read everything so a flood never blocks the child; keep the head
-        while chunk := proc.stdout.read(65536):
-            total[0] += len(chunk)
-            if len(kept) < limits.output_kb * 1024:
-                kept.extend(chunk[: limits.output_kb * 1024 - len(kept)])
+    ``send`` writes a frame; ``receive(deadline)`` reads one, or returns None when the
+    process ended or the deadline passed (``timed_out`` says which). Everything the
+    process prints is drained in a thread; the first ``output_kb`` are kept."""
 
-    reader = threading.Thread(target=drain, daemon=True)
-    reader.start()
-    timed_out = False
-    try:
-        proc.wait(timeout=limits.timeout)
-    except subprocess.TimeoutExpired:
-        timed_out = True
-    finally:
+    def __init__(self, root: Path, limits: Limits, isolation: Literal["bwrap", "none"], seed: int):
+        self.limits, self.timed_out, self.t0 = limits, False, time.monotonic()
+        req_r, self.req_w = os.pipe()
+        self.res_r, res_w = os.pipe()
+        harness_args = [str(req_r), str(res_w)]
+        if isolation == "bwrap":
+            argv = bwrap_command(root, limits, [sys.executable, "-s", "-P", "-u", "/harness/harness.py", *harness_args])
+            env, cwd, self.scratch = sandbox_env("/sandbox", seed), None, None
+        else:
+            self.scratch = Path(tempfile.mkdtemp(prefix="ddpmkit-grade-"))
+            argv = [sys.executable, "-s", "-P", "-u", str(root / "harness.py"), *harness_args]
+            env, cwd = sandbox_env(str(self.scratch), seed, pythonpath=str(root)), str(self.scratch)
+        self.proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, preexec_fn=_limit_fn(limits), start_new_session=True,
+                                     pass_fds=(req_r, res_w))
+        os.close(req_r)
+        os.close(res_w)
+        self.kept, self.total = bytearray(), 0
+        self.reader = threading.Thread(target=self._drain, daemon=True)
+        self.reader.start()
+        self.buf = bytearray()
+
+    def _drain(self) -> None:  # read everything so a flood never blocks the child; keep the head
+        while chunk := self.proc.stdout.read(65536):
+            self.total += len(chunk)
+            room = self.limits.output_kb * 1024 - len(self.kept)
+            if room > 0:
+                self.kept.extend(chunk[:room])
+
+    def send(self, frame: bytes) -> bool:
         try:
-            os.killpg(proc.pid, signal.SIGKILL)  # the whole session: bwrap, or the harness and anything it left
+            view = memoryview(frame)
+            while view:
+                view = view[os.write(self.req_w, view):]
+            return True
+        except OSError:  # the process has gone
+            return False
+
+    def _fill(self, n: int, deadline: float) -> bool:
+        while len(self.buf) < n:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self.timed_out = True
+                return False
+            ready, _, _ = select.select([self.res_r], [], [], left)
+            if not ready:
+                continue
+            chunk = os.read(self.res_r, 1 << 20)
+            if not chunk:
+                return False
+            self.buf.extend(chunk)
+        return True
+
+    def receive(self, deadline: float, max_bytes: int) -> bytes | None:
+        """The next frame's bytes (header length, header, arrays), or None (ended, timed out).
+        Raises ``FrameError`` for a frame that is malformed or larger than ``max_bytes``."""
+        if not self._fill(4, deadline):
+            return None
+        (n,) = struct.unpack(">I", self.buf[:4])
+        if n > MAX_HEADER:
+            raise FrameError(f"a frame header of {n} bytes")
+        if not self._fill(4 + n, deadline):
+            return None
+        try:
+            header = json.loads(bytes(self.buf[4 : 4 + n]))
+            total = sum(int(a[2]) for a in header["arrays"]) if isinstance(header, dict) and isinstance(header.get("arrays"), list) else 0
+        except (ValueError, TypeError, KeyError, IndexError, RecursionError) as exc:
+            raise FrameError(f"an unreadable frame header ({type(exc).__name__})") from None
+        if total < 0 or total > max_bytes:
+            raise FrameError(f"a frame of {total / 2**20:.0f} MB, over the {max_bytes >> 20} MB the grader reads")
+        if not self._fill(4 + n + total, deadline):
+            return None
+        frame = bytes(self.buf[: 4 + n + total])
+        del self.buf[: 4 + n + total]
+        return frame
+
+    def close(self) -> RunResult:
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # the whole session: bwrap, or the harness and anything it left
         except ProcessLookupError:
             pass
-        proc.wait()
-        reader.join(timeout=5)
-    return RunResult(None if timed_out else proc.returncode, timed_out, time.monotonic() - t0,
-                     kept.decode("utf-8", "replace"), total[0])
+        self.proc.wait()
+        self.reader.join(timeout=5)
+        for fd in (self.req_w, self.res_r):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        if self.scratch is not None:
+            shutil.rmtree(self.scratch, ignore_errors=True)
+        return RunResult(None if self.timed_out else self.proc.returncode, self.timed_out, time.monotonic() - self.t0,
+                         self.kept.decode("utf-8", "replace"), self.total)
+
+
+class FrameError(Exception):
+    """The sandbox sent bytes that are not a frame the grader reads."""

@@ -8,7 +8,6 @@ and a hidden check judge an answer by exactly the same rule.
 from __future__ import annotations
 
 import json
-import struct
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -16,8 +15,11 @@ import numpy as np
 import torch
 
 from .harness import invoke, output_arrays, toy_model_class
+from .harness import scalar_types as scalar_types  # re-exported for the self-checks
+from .tolerance import RUNS, RoundingNoise, perturb_input, tolerance
 
 ToyModel = toy_model_class()
+SELF_CHECK_SEED = 1234  # the self-checks' visible inputs; the grader never reuses one of their cases
 
 
 # ---- arguments -----------------------------------------------------------------------------
@@ -48,16 +50,20 @@ class Case:
 
 @dataclass(frozen=True)
 class Question:
-    """One function (or ``nn.Module`` class) a student writes; one point per case."""
+    """One function (or ``nn.Module`` class) a student writes; one point per case.
+
+    Tolerances are not set here: they are derived, case by case, from the arithmetic of
+    the reference (``tolerance.py``)."""
 
     name: str  # what the notebook must define
     cases: Callable[[np.random.Generator], list[Case]]  # inputs, drawn from the generator
     reference: Callable[..., Any]  # the library's answer, same signature
-    rtol: float = 1e-5  # relative tolerance of torch.allclose
-    atol: float = 1e-6  # absolute tolerance
     hint: str = ""  # what a wrong value usually means
     module: bool = False  # ``name`` is an nn.Module class: construct, load ``state``, call
     any_float: bool = False  # a float answer of any precision counts (metrics, not tensors)
+    uses: tuple[str, ...] = ()  # other questions' functions this answer calls: graded with the reference in their place
+    grad: bool = False  # the output must carry gradients to the stand-in network's parameters (a training loss)
+    argmin: tuple[int, int] | None = None  # (labels output, scores output): a label whose score ties the best counts
 
 
 @dataclass(frozen=True)
@@ -66,6 +72,7 @@ class Assignment:
     title: str
     source: str  # the solution source, relative to the repository's assignments/source
     questions: tuple[Question, ...] = field(default_factory=tuple)
+    library: tuple[str, ...] = ()  # the library's functions that answer these questions: not callable in the sandbox
 
     def question(self, name: str) -> Question:
         for q in self.questions:
@@ -78,62 +85,164 @@ class Assignment:
         return sum(len(q.cases(np.random.default_rng(0))) for q in self.questions)
 
 
-def materialize(a):
-    """The Python object a student's function receives for the argument spec ``a``."""
+def materialize(a, dtype: torch.dtype | None = None, rng: np.random.Generator | None = None):
+    """The Python object a student's function receives for the argument spec ``a``; with
+    ``dtype`` floating arrays are promoted (the float64 reference), with ``rng`` perturbed by
+    one float32 rounding (the tolerance runs)."""
+
+    def arr(w: np.ndarray) -> np.ndarray:
+        if rng is not None:
+            w = perturb_input(w, rng)
+        return w.astype(np.float64) if dtype is torch.float64 and w.dtype.kind == "f" else w.copy()
+
     if isinstance(a, np.ndarray):
-        return torch.from_numpy(a.copy())
+        return torch.from_numpy(arr(a))
     if isinstance(a, AsNumpy):
-        return a.array.copy()
+        return arr(a.array)
     if isinstance(a, Toy):
-        return ToyModel(*(torch.from_numpy(w.copy()) if w is not None else None for w in (a.W, a.c, a.e)))
+        return ToyModel(*(torch.from_numpy(arr(w)) if w is not None else None for w in (a.W, a.c, a.e)))
     return a
 
 
-def call(q: Question, fn, case: Case):
+def call(q: Question, fn, case: Case, dtype: torch.dtype | None = None, rng: np.random.Generator | None = None):
     """Call ``fn`` (a function or, for a module question, a class) on ``case``."""
-    state = {k: torch.from_numpy(v.copy()) for k, v in (case.state or {}).items()}
-    return invoke(fn, [materialize(a) for a in case.args], state, q.module)
+    state = {k: materialize(v, dtype, rng) for k, v in (case.state or {}).items()}
+    args = [materialize(a, dtype, rng) for a in case.args]
+    if q.module and dtype is torch.float64:
+        obj = fn(*args[0]).double()
+        obj.load_state_dict(state)
+        return obj(*args[1:])
+    return invoke(fn, args, state, q.module)
 
 
 to_arrays = output_arrays  # one reading of return values, here and in the sandbox
 
 
-def compare(expected: list[np.ndarray], got: list[np.ndarray], rtol: float, atol: float) -> tuple[bool, str]:
-    """Same number of outputs, then per output: shape, dtype, finite, values. The first
-    failure is the message, written for a student: what differs and how."""
-    if len(got) != len(expected):
-        return False, f"returned {len(got)} value(s), expected {len(expected)}"
-    names = [f"output {i}" if len(expected) > 1 else "the output" for i in range(len(expected))]
-    for which, e, g in zip(names, expected, got):  # 1. structure of every output first
+@dataclass
+class Expected:
+    """The reference answer to one case, as the comparison needs it."""
+
+    values: list[np.ndarray]  # exact values (float64 for floating outputs)
+    dtypes: list[np.dtype]  # the dtype an answer must return: the reference's on the case's own inputs
+    tol: list[np.ndarray | None]  # per-entry tolerance of each floating output (None: exact)
+
+
+@torch.no_grad()
+def expected_outputs(q: Question, case: Case, seed: int = 0) -> Expected:
+    """1. the reference on the case as given: the shapes and dtypes an answer returns;
+    2. the reference in float64: the values; 3. the reference under rounding noise: the
+    tolerances (``tolerance.py``). ``seed`` makes the noise reproducible."""
+    plain = to_arrays(call(q, q.reference, case))
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)  # tensors the reference creates itself are float64 too
+    try:
+        exact = to_arrays(call(q, q.reference, case, torch.float64))
+        runs = []
+        for k in range(RUNS):
+            g = torch.Generator().manual_seed(seed * 1000 + k)
+            with RoundingNoise(g):
+                runs.append(to_arrays(call(q, q.reference, case, torch.float64, np.random.default_rng([seed, k]))))
+    finally:
+        torch.set_default_dtype(before)
+    tols = []
+    for i, e in enumerate(exact):
+        tols.append(tolerance(e, [r[i] for r in runs]) if e.dtype.kind == "f" else None)
+    values = [e if e.dtype.kind == "f" else p for e, p in zip(exact, plain)]
+    return Expected(values, [p.dtype for p in plain], tols)
+
+
+def case_key(case: Case) -> str:
+    """A fingerprint of a case's inputs (to tell a hidden case from a visible one)."""
+    import hashlib
+
+    h = hashlib.sha256()
+
+    def add(a):
+        if isinstance(a, np.ndarray):
+            h.update(f"{a.dtype.str}{a.shape}".encode() + np.ascontiguousarray(a).tobytes())
+        elif isinstance(a, (AsNumpy,)):
+            add(a.array)
+        elif isinstance(a, Toy):
+            for w in (a.W, a.c, a.e):
+                add(w) if w is not None else h.update(b"-")
+        else:
+            h.update(repr(a).encode())
+
+    for a in case.args:
+        add(a)
+    for k, v in sorted((case.state or {}).items()):
+        h.update(k.encode())
+        add(v)
+    return h.hexdigest()
+
+
+SCALARS = ("float", "int", "bool")  # Python types an answer may return where a tensor is asked for
+
+
+def _digits(err: np.ndarray, e: np.ndarray) -> float:
+    scale = np.abs(e) + 1e-3 * (float(np.abs(e).max()) if e.size else 0.0) + 1e-300
+    return float(-np.log10(max(float((err / scale).max()), 1e-17)))
+
+
+def judge(q: Question, exp: Expected, got: list[np.ndarray], types: list[str] | None = None) -> tuple[bool, str]:
+    """Same number of outputs, then per output: kind, shape, dtype, finite, values. The
+    first failure is the message, written for a student: what differs and how."""
+    types = types or ["ndarray"] * len(got)
+    n = len(exp.values)
+    if not q.module and n == 1 and len(got) == 1 and exp.values[0].ndim == 0 and got[0].size == 1:
+        got = [got[0].reshape(())]  # a scalar may come back as a one-element array
+    if len(got) != n:
+        return False, f"returned {len(got)} value(s), expected {n}"
+    names = [f"output {i}" if n > 1 else "the output" for i in range(n)]
+    for i, (which, e, g) in enumerate(zip(names, exp.values, got)):  # 1. kind and structure of every output first
+        dt = exp.dtypes[i]
+        if not q.any_float and i < len(types) and types[i] in SCALARS:
+            return False, (f"{which} is a Python {types[i]}, expected a tensor of dtype {dt} and shape {tuple(e.shape)} "
+                           "(keep the torch result; do not call .item() or float() on it)")
         if g.shape != e.shape:
             return False, f"{which} has shape {tuple(g.shape)}, expected {tuple(e.shape)} (check broadcasting and reshapes)"
-        if g.dtype != e.dtype:
-            return False, f"{which} has dtype {g.dtype}, expected {e.dtype} (keep the inputs' dtype; cast a float64 schedule with .to(x.dtype))"
+        if q.any_float and g.dtype.kind in "fiub" and dt.kind == "f":
+            pass  # a metric: a float of any precision (or an exact integer) counts
+        elif g.dtype != dt:
+            return False, f"{which} has dtype {g.dtype}, expected {dt} (keep the inputs' dtype; cast a float64 schedule with .to(x.dtype))"
         if g.dtype.kind == "f" and not np.isfinite(g).all():
             bad = ~np.isfinite(g)
             kind = "NaN" if np.isnan(g).any() else "infinite"
             return False, f"{which} has {kind} values at {int(bad.sum())} of {g.size} entries (a division by zero or the log of 0?)"
-    for which, e, g in zip(names, expected, got):  # 2. then the values
-        close = np.isclose(g, e, rtol=rtol, atol=atol) if g.dtype.kind == "f" else g == e
-        if not close.all():
-            err = np.abs(g.astype(np.float64) - e.astype(np.float64))
-            idx = np.unravel_index(int(np.argmax(err)), err.shape) if err.ndim else ()
-            return False, (
-                f"{which} differs at {int((~close).sum())} of {g.size} entries; the largest error is "
-                f"{float(err.max()):.3g} at index {tuple(int(j) for j in idx)} (got {float(g[idx]):.6g}, expected {float(e[idx]):.6g})"
-            )
+    for i, (which, e, g) in enumerate(zip(names, exp.values, got)):  # 2. then the values
+        tol = exp.tol[i]
+        if tol is None:
+            close = g == e
+            if q.argmin and i == q.argmin[0]:  # a label whose score is within tolerance of the best one counts
+                j = q.argmin[1]
+                s, st = exp.values[j], exp.tol[j]
+                idx = np.clip(g.astype(np.int64), 0, s.shape[-1] - 1)[..., None]
+                in_range = (g >= 0) & (g < s.shape[-1])
+                close = close | (in_range & (np.take_along_axis(s, idx, -1)[..., 0] - s.min(-1) <= 2 * st.max(-1)))
+            if not close.all():
+                k = np.unravel_index(int(np.argmax(~close)), close.shape) if close.ndim else ()
+                return False, (f"{which} differs at {int((~close).sum())} of {g.size} entries; the first is at index "
+                               f"{tuple(int(j) for j in k)} (got {g[k].item()}, expected {e[k].item()})")
+            continue
+        err = np.abs(g.astype(np.float64) - e)
+        ratio = err / tol
+        if (ratio <= 1).all():
+            continue
+        k = np.unravel_index(int(np.argmax(ratio)), ratio.shape) if ratio.ndim else ()
+        where = f"at index {tuple(int(j) for j in k)} " if ratio.ndim else ""
+        head = (f"{which} differs at {int((ratio > 1).sum())} of {g.size} entries; the worst {where}is "
+                f"{float(g[k]):.8g}, expected {float(e[k]):.8g} (error {float(err[k]):.2g}, allowed {float(tol[k]):.2g})")
+        digits = _digits(err, e)
+        if digits >= 3:
+            return False, head + (f". The values agree to about {digits:.0f} significant digits but not to the rounding of a float32 "
+                                  "computation: a precision problem (float16/bfloat16 arithmetic, a rounded constant such as 3.14), not a wrong formula")
+        return False, head
     return True, "matches"
 
 
-def judge(q: Question, expected: list[np.ndarray], got: list[np.ndarray]) -> tuple[bool, str]:
-    """``compare`` with the question's tolerances and hint; a scalar answer may come back as
-    a 0-d or a one-element array."""
-    if not q.module and len(expected) == 1 and len(got) == 1 and expected[0].ndim == 0 and got[0].size == 1:
-        got = [got[0].reshape(())]
-    if q.any_float:
-        got = [g.astype(e.dtype) if g.dtype.kind == e.dtype.kind == "f" else g for e, g in zip(expected, got)]
-    ok, msg = compare(expected, got, q.rtol, q.atol)
-    if not ok and q.hint:
+def judge_with_hint(q: Question, exp: Expected, got: list[np.ndarray], types: list[str] | None = None) -> tuple[bool, str]:
+    ok, msg = judge(q, exp, got, types)
+    if not ok and q.hint and "Python" not in msg:
         msg += f". Hint: {q.hint}"
     return ok, msg
 
@@ -161,10 +270,3 @@ def encode_cases(q: Question, cases: list[Case], arrays: dict[str, np.ndarray]) 
         {"args": [spec(a) for a in c.args], **({"state": {k: put(v) for k, v in c.state.items()}} if c.state else {})}
         for c in cases
     ]
-
-
-def write_arrays(arrays: dict[str, np.ndarray]) -> bytes:
-    """The byte format ``harness.read_arrays`` reads."""
-    index = [[k, a.dtype.str, list(a.shape), a.nbytes] for k, a in arrays.items()]
-    head = json.dumps(index).encode()
-    return struct.pack(">I", len(head)) + head + b"".join(a.tobytes() for a in arrays.values())
