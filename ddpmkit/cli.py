@@ -6,6 +6,7 @@ Run ``ddpmkit --help`` or ``ddpmkit COMMAND --help`` for options and examples.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -130,8 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("-j", "--jobs", type=_positive_int, default=1, help="submissions graded at once")
     g.add_argument("--resume", action="store_true", help="skip students whose row in --out has the same submission checksum")
     g.add_argument("--sandbox", choices=["auto", "bwrap", "none"], default="auto", help="auto: bubblewrap when installed")
-    g.add_argument("--timeout", type=float, default=120.0, help="wall-clock seconds per sandboxed run")
-    g.add_argument("--memory-gb", type=float, default=6.0, help="address-space limit per run (torch needs about 3.5 GB)")
+    g.add_argument("--timeout", type=float, default=None, help="wall-clock seconds for one whole submission (default: Limits.timeout)")
+    g.add_argument("--question-timeout", type=float, default=None, help="wall-clock seconds for one question (default: Limits.question_timeout)")
+    g.add_argument("--memory-gb", type=float, default=None, help="address-space limit per run; torch needs about 3.5 GB (default: Limits.memory_gb)")
+    g.add_argument("--format", action="append", choices=["gradescope", "canvas"], default=[],
+                   help="also write Gradescope results.json files (<feedback>/gradescope/<student>/results.json) "
+                        "and/or a Canvas gradebook CSV (<out>-canvas.csv); repeatable")
     g.add_argument("--seed", type=int, default=None, help="fix the hidden inputs (default: new ones per submission)")
     g.add_argument("--no-progress", action="store_true")
 
@@ -144,12 +149,10 @@ def _grade(a) -> int:
     from .grading.grader import grade_batch
     from .grading.sandbox import Limits
 
-    missing = [str(p) for p in a.submissions if not p.exists()]
-    if missing:
-        raise FileNotFoundError(f"no such submission: {', '.join(missing)}")
-    limits = Limits(timeout=a.timeout, memory_gb=a.memory_gb)
+    given = {"timeout": a.timeout, "question_timeout": a.question_timeout, "memory_gb": a.memory_gb}
+    limits = dataclasses.replace(Limits(), **{k: v for k, v in given.items() if v is not None})
     rows = grade_batch(a.assignment, a.submissions, a.out, feedback_dir=a.feedback, jobs=a.jobs, resume=a.resume,
-                       limits=limits, isolation=a.sandbox, seed=a.seed, progress=not a.no_progress)
+                       limits=limits, isolation=a.sandbox, seed=a.seed, progress=not a.no_progress, exports=tuple(a.format))
     total = sum(int(r["points"]) for r in rows.values())
     print(f"graded {len(rows)} submission(s) into {a.out}; mean {total / max(len(rows), 1):.2f} points")
     return 0

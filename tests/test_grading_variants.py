@@ -20,7 +20,10 @@ from ddpmkit.grading.spec import call, expected_outputs, judge_with_hint, scalar
 
 from grading_variants import CORRECT, WRONG
 
-SEEDS = int(os.environ.get("DDPMKIT_GRADING_SEEDS", "200"))
+from ddpmkit.profile import by_profile
+
+# 200 grading seeds (the bar) outside the smoke profile; 40 in smoke, to keep `make test` short
+SEEDS = int(os.environ.get("DDPMKIT_GRADING_SEEDS", by_profile(40, 200, 200)))
 QUESTIONS = {q.name: (a, q) for a in ASSIGNMENTS.values() for q in a.questions}
 
 

@@ -45,7 +45,7 @@ from .assignments import Assignment, get_assignment, hidden_cases
 from .harness import MAX_OUTPUT, pack_frame, parse_arrays
 from .sandbox import NOT_ISOLATED, FrameError, Isolation, Limits, Session, resolve_isolation
 from .sanitize import sanitized_root
-from .spec import Case, Expected, Question, Toy, encode_cases, expected_outputs, judge_with_hint, materialize, to_arrays
+from .spec import REFERENCE_LOCK, Case, Expected, Question, Toy, encode_cases, expected_outputs, judge_with_hint, materialize, to_arrays
 
 CUDA_HINT = " The grader has no GPU: use the device of your inputs (x.device) instead of .cuda() or 'cuda'."
 MAX_RESULT_BYTES = MAX_OUTPUT + (1 << 20)  # a frame larger than this is not read
@@ -182,7 +182,7 @@ def _helper_reply(a: Assignment, name: str, header: dict, arrays: list[np.ndarra
     try:
         args = [value(s) for s in header.get("args", [])]
         kwargs = {str(k): value(s) for k, s in header.get("kwargs", {}).items()}
-        with torch.no_grad():
+        with torch.no_grad(), REFERENCE_LOCK:
             out = q.reference(*args, **kwargs)
         outs = to_arrays(out)
         return pack_frame({"t": "helper_result", "tuple": isinstance(out, (tuple, list))}, outs)
@@ -356,7 +356,7 @@ def case_verdict(q: Question, exp: Expected, ans: Answer) -> tuple[bool, str]:
         return False, f"this is the library's {ans.module}.{q.name}, not your code; write the function yourself"
     if ans.mutated:
         return False, f"it modified its input argument(s) {', '.join(str(i + 1) for i in ans.mutated)} in place; work on copies (x = x + ..., not x += ...)"
-    if q.grad and ans.grad != "ok":
+    if q.grad and ans.grad != "ok" and ans.types[:1] == ["Tensor"]:
         why = "the loss does not require grad (was it detached, computed under torch.no_grad(), or turned into a float?)" if ans.grad == "none" \
             else "back-propagating the loss gives the network's parameters no gradient"
         return False, f"the loss cannot train the network: {why}"
@@ -574,7 +574,8 @@ def grade_batch(
                 fb = _finish({"student": sub.student, "assignment": a.key, "submission": str(sub.path), "sha256": sub.sha256,
                               "isolation": "bubblewrap" if mode == "bwrap" else NOT_ISOLATED, "seed": seed, "notes": [], "flags": [],
                               "cells": [], "output": ""},
-                             {q.name: QuestionResult(q.name, 0) for q in a.questions}, time.monotonic(),
+                             {q.name: QuestionResult(q.name, n, [{"ok": False, "message": "not graded: the grader failed on this file"}] * n)
+                              for q in a.questions for n in [len(q.cases(np.random.default_rng(0)))]}, time.monotonic(),
                              f"grader error: {type(exc).__name__}: {str(exc)[:300]}")
             with lock:  # feedback first, then the gradebook row: a crash never leaves a row without its feedback
                 save_json(fb, feedback_dir / f"{fb['student']}.json")

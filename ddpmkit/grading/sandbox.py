@@ -250,6 +250,11 @@ class Session:
         return frame
 
     def close(self) -> RunResult:
+        if not self.timed_out:  # it ended or is ending by itself: keep its real exit status
+            try:
+                self.proc.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                pass
         try:
             os.killpg(self.proc.pid, signal.SIGKILL)  # the whole session: bwrap, or the harness and anything it left
         except ProcessLookupError:

@@ -38,7 +38,6 @@ class _Blank(ast.NodeTransformer):
             self.done.add(qual)
             raise_ = ast.parse(f"raise NotImplementedError({MESSAGE.format(name=self.targets[qual])!r})").body[0]
             node.body = [raise_]
-            node.decorator_list = [d for d in node.decorator_list if not (isinstance(d, ast.Name) and d.id == "torch")]
         return node
 
     visit_FunctionDef = visit_AsyncFunctionDef = _visit_def
