@@ -163,6 +163,21 @@ except OSError as exc:
     print('WORK', exc.errno, written)
 """],
     "setup_edited": [],
+    "neighbours": ["""
+import os
+print('PROCS', sorted(os.listdir('/proc')), 'PID', os.getpid())
+print('TMPFILES', os.listdir('/tmp'), 'WORKFILES', os.listdir('.'))
+caps = [l.split()[1] for l in open('/proc/self/status') if l.startswith(('CapEff', 'CapPrm', 'CapBnd'))]
+print('CAPS', caps)
+hits = []
+for pid in range(2, 4000):
+    try:
+        os.kill(pid, 0)
+        hits.append(pid)
+    except OSError:
+        pass
+print('SIGNALLABLE', hits)
+"""],
 }
 
 
@@ -376,6 +391,12 @@ class TestNothingTakesTheRunDown:
             assert pts(fb) == F1 and tag in fb["output"], fb["output"][-300:]
         assert f"TMPSIZE {LIMITS.tmp_mb}" in trust["fb"][("a1", "tmp_bomb")]["output"]
         assert int(trust["fb"][("a1", "work_bomb")]["output"].split("WORK 28 ")[1].split()[0]) <= LIMITS.work_mb
+
+    def test_each_run_is_alone(self, trust):
+        """A run (forked from the zygote or fresh) sees no other process, empty RAM disks (but matplotlib's cache of its own setup cell) and no capability."""
+        out = trust["fb"][("a1", "neighbours")]["output"]
+        assert "PROCS ['self'] PID 1" in out and "TMPFILES [] WORKFILES ['.mpl']" in out and "SIGNALLABLE []" in out, out
+        assert "CAPS ['0000000000000000', '0000000000000000', '0000000000000000']" in out, out
 
     def test_gradescope_and_canvas_exports(self, trust):
         gs = json.loads((trust["tmp"] / "a1-feedback" / "gradescope" / "float32" / "results.json").read_text())

@@ -43,7 +43,7 @@ from ..checkpoint import _atomic_write, save_json
 from . import notebooks
 from .assignments import Assignment, get_assignment, hidden_cases
 from .harness import MAX_OUTPUT, pack_frame, parse_arrays
-from .sandbox import NOT_ISOLATED, FrameError, Isolation, Limits, Session, resolve_isolation
+from .sandbox import NOT_ISOLATED, FrameError, Isolation, Limits, Session, Zygote, ZygoteError, resolve_isolation
 from .sanitize import sanitized_root
 from .spec import REFERENCE_LOCK, Case, Expected, Question, Toy, encode_cases, expected_outputs, judge_with_hint, materialize, to_arrays
 
@@ -191,7 +191,8 @@ def _helper_reply(a: Assignment, name: str, header: dict, arrays: list[np.ndarra
                                                          f"{type(exc).__name__}: {str(exc)[:300]}"})
 
 
-def run(a: Assignment, plan: notebooks.Plan, cases: dict[str, list[Case]], limits: Limits, mode, seed: int) -> Transcript:
+def run(a: Assignment, plan: notebooks.Plan, cases: dict[str, list[Case]], limits: Limits, mode, seed: int,
+        zygote: Zygote | None = None) -> Transcript:
     """Run the sandbox until every case has an answer or a reason why not (step 4).
 
     One time budget (``limits.timeout``) covers the whole submission; a question may use
@@ -210,7 +211,12 @@ def run(a: Assignment, plan: notebooks.Plan, cases: dict[str, list[Case]], limit
                 tr.failures[q.name] = f"not graded: the submission's time budget of {limits.timeout:.0f} s ran out before this question"
             tr.status = "graded (time budget ran out)"
             break
-        session = Session(root, limits, mode, seed)
+        try:
+            session = Session(root, limits, mode, seed, zygote)
+        except ZygoteError as exc:  # fall back to a fresh sandbox: slower, the same isolation
+            tr.notes.append(f"graded in a fresh sandbox ({exc})")
+            zygote = None
+            session = Session(root, limits, mode, seed)
         where, crashed_in, cell_label, timeout_used = "cells", None, None, limits.timeout
         try:
             session.send(pack_frame({"t": "setup", "cells": plan.cells, "seed": seed}))
@@ -423,8 +429,10 @@ def grade_submission(
     limits: Limits | None = None,
     isolation: Isolation = "auto",
     seed: int | None = None,
+    zygote: Zygote | None = None,
 ) -> dict:
-    """Grade one notebook; returns its feedback (what ``feedback/<student>.json`` holds)."""
+    """Grade one notebook; returns its feedback (what ``feedback/<student>.json`` holds).
+    With ``zygote`` (bubblewrap only) its runs are forked from it instead of started afresh."""
     limits = limits or Limits()
     mode = resolve_isolation(isolation)
     seed = secrets.randbits(62) if seed is None else int(seed)
@@ -454,7 +462,7 @@ def grade_submission(
             tr.failures[q.name] = f"not graded: {exc}"
         status = f"unreadable: {exc}" if not sub.refused else f"refused: {exc}"
     if plan is not None:
-        tr = run(assignment, plan, cases, limits, mode, seed)  # 4.
+        tr = run(assignment, plan, cases, limits, mode, seed, zygote)  # 4.
         status = tr.status
         feedback["notes"] += tr.notes
         feedback["cells"] = [{"cell": c.label, "error": c.error, "traceback": c.traceback} for c in tr.cells]
@@ -569,7 +577,7 @@ def grade_batch(
         _atomic_write(marker, lambda f: f.write(_fingerprint(sub).encode()))
         try:
             try:
-                fb = grade_submission(a, sub, limits, mode, seed)
+                fb = grade_submission(a, sub, limits, mode, seed, zygote)
             except Exception as exc:  # never lose the batch to one file: the row says what happened
                 fb = _finish({"student": sub.student, "assignment": a.key, "submission": str(sub.path), "sha256": sub.sha256,
                               "isolation": "bubblewrap" if mode == "bwrap" else NOT_ISOLATED, "seed": seed, "notes": [], "flags": [],
@@ -591,10 +599,16 @@ def grade_batch(
 
     from tqdm.auto import tqdm
 
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = [pool.submit(one, sub) for sub in todo]
-        for fut in tqdm(as_completed(futures), total=len(futures), desc=f"grading {a.key}", disable=not progress):
-            fut.result()
+    limits = limits or Limits()
+    zygote = Zygote(sanitized_root(a.library), limits) if mode == "bwrap" and todo else None
+    try:
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            futures = [pool.submit(one, sub) for sub in todo]
+            for fut in tqdm(as_completed(futures), total=len(futures), desc=f"grading {a.key}", disable=not progress):
+                fut.result()
+    finally:
+        if zygote is not None:
+            zygote.close()
     write_gradebook(out, a, rows)
     if "canvas" in exports:
         write_canvas(a, rows, out)

@@ -204,6 +204,82 @@ def forbid_new_processes() -> None:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_SECCOMP) failed")
 
 
+# ---- resource limits, capabilities, and a private namespace for each forked run ---------------
+def apply_limits(memory_gb: float, cpu_seconds: int, file_mb: int, nproc: int) -> None:
+    """The rlimits of one run (address space, CPU, file size, no core, processes)."""
+    import resource
+
+    mem = int(memory_gb * 2**30)
+    resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds + 5))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (file_mb << 20, file_mb << 20))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
+
+
+def _check(ret: int, what: str) -> None:
+    if ret != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def enter_private_namespaces(tmp_mb: int, work_mb: int) -> None:
+    """Give a process forked from the zygote what a fresh bubblewrap gives a run: its own
+    user, mount, PID, network and IPC namespaces, new RAM disks of fixed size on /tmp and
+    /sandbox, and a /proc that shows only itself. Returns in a new child, PID 1 of its own
+    PID namespace (its parent waits for it and exits with its status); no capability is
+    left when it returns."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    uid, gid = os.getuid(), os.getgid()
+    NEWNS, NEWUSER, NEWPID, NEWNET, NEWIPC = 0x20000, 0x10000000, 0x20000000, 0x40000000, 0x08000000
+    NOSUID, NODEV, NOEXEC, BIND, REC, PRIVATE = 2, 4, 8, 4096, 16384, 1 << 18
+    _check(libc.unshare(NEWUSER | NEWNS | NEWPID | NEWNET | NEWIPC), "unshare")
+    for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"), ("gid_map", f"{gid} {gid} 1")):
+        with open(f"/proc/self/{name}", "w") as f:
+            f.write(text)
+    _check(libc.mount(b"none", b"/", None, REC | PRIVATE, None), "mount --make-rprivate /")
+    for where, mb in ((b"/tmp", tmp_mb), (b"/sandbox", work_mb)):
+        _check(libc.mount(b"tmpfs", where, b"tmpfs", NOSUID | NODEV, f"size={mb}m,mode=0700".encode()), f"mount tmpfs {where!r}")
+    go_r, go_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the run: wait until its /proc is in place
+        os.close(go_w)
+        os.read(go_r, 1)
+        os.close(go_r)
+        libc.prctl(1, 9, 0, 0, 0)  # PR_SET_PDEATHSIG, SIGKILL: never outlive the parent
+        drop_capabilities(libc)
+        return
+    os.close(go_r)
+    os.mkdir("/tmp/.self")  # /proc with only the run's own entry, as /proc/self
+    _check(libc.mount(f"/proc/{pid}".encode(), b"/tmp/.self", None, BIND | REC, None), "bind /proc/PID")
+    _check(libc.mount(b"tmpfs", b"/proc", b"tmpfs", NOSUID | NODEV | NOEXEC, b"size=64k,mode=0755"), "cover /proc")
+    os.mkdir("/proc/self")
+    _check(libc.mount(b"/tmp/.self", b"/proc/self", None, BIND | REC, None), "bind /proc/self")
+    _check(libc.umount2(b"/tmp/.self", 2), "umount")
+    os.rmdir("/tmp/.self")
+    os.write(go_w, b"1")
+    _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    os._exit(128 - code if code < 0 else code)  # killed by signal s: 128 + s, as bubblewrap reports it
+
+
+def drop_capabilities(libc=None) -> None:
+    """No capability in any set (the bounding set too)."""
+    libc = libc or ctypes.CDLL(None, use_errno=True)
+    for cap in range(64):
+        if libc.prctl(24, cap, 0, 0, 0) != 0:  # PR_CAPBSET_DROP until the kernel's last capability
+            break
+
+    class Header(ctypes.Structure):
+        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+    class Data(ctypes.Structure):
+        _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+    data = (Data * 2)()
+    _check(libc.capset(ctypes.byref(Header(0x20080522, 0)), data), "capset")
+
+
 # ---- monkeypatching undone --------------------------------------------------------------------
 def guarded_objects() -> list:
     """Modules and classes whose attributes the harness puts back before every call, so that
@@ -252,9 +328,8 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def main() -> None:
+def main(req_fd: int, res_fd: int) -> None:
     # 1. capture what the harness needs before any student code can replace it
-    req_fd, res_fd = int(sys.argv[1]), int(sys.argv[2])
     _write, _exit, _str, _type, _len, _isinstance = os.write, os._exit, str, type, len, isinstance
     _pack, _read_frame, _format_exc = pack_frame, read_frame, traceback.format_exception
 
@@ -412,5 +487,100 @@ def main() -> None:
     _exit(0)
 
 
+# ---- the zygote: the libraries imported once, one forked run per submission --------------------
+def zygote_main(ctl_fd: int) -> None:
+    """Import NumPy, PyTorch and ddpmkit once, then fork one run per ``spawn`` request on the
+    control socket. Each request carries the run's pipes (requests, results, output, exit
+    status); the run enters its own namespaces and RAM disks, applies its limits and runs
+    ``main``. The zygote itself never runs a line of a notebook."""
+    import socket
+    import threading
+    import time
+
+    import numpy  # noqa: F401
+    import torch
+
+    torch.set_num_threads(1)
+    torch.ones(4, 4) @ torch.ones(4, 4)  # PyTorch reads the CPU's description on first use: here, while /proc is whole
+    import ddpmkit  # noqa: F401
+
+    ctl = socket.socket(fileno=ctl_fd)
+    lock = threading.Lock()
+    status_fds: dict[int, int] = {}
+
+    def reap() -> None:  # every run's exit status goes to its own status pipe
+        while True:
+            try:
+                pid, status = os.wait()
+            except ChildProcessError:
+                time.sleep(0.01)
+                continue
+            with lock:
+                fd = status_fds.pop(pid, None)
+            if fd is not None:
+                try:
+                    os.write(fd, struct.pack(">i", os.waitstatus_to_exitcode(status)))
+                except OSError:
+                    pass
+                os.close(fd)
+
+    threading.Thread(target=reap, daemon=True).start()
+    while True:
+        try:
+            msg, fds, _, _ = socket.recv_fds(ctl, 1 << 16, 8)
+        except OSError:
+            break
+        if not msg:
+            break
+        cmd = json.loads(msg)
+        if cmd.get("t") == "spawn" and len(fds) == 4:
+            with lock:  # registered before the reaper can see it
+                pid = os.fork()
+                if pid == 0:
+                    _run_child(cmd, ctl, *fds)
+                for fd in fds[:3]:
+                    os.close(fd)
+                status_fds[pid] = fds[3]
+            ctl.send(json.dumps({"pid": pid}).encode())
+        elif cmd.get("t") == "kill":
+            try:
+                os.kill(int(cmd["pid"]), 9)
+            except (ProcessLookupError, ValueError):
+                pass
+        else:
+            for fd in fds:
+                os.close(fd)
+    os._exit(0)
+
+
+def _run_child(cmd: dict, ctl, req_r: int, res_w: int, out_w: int, status_w: int) -> None:
+    """In a forked child of the zygote: become a run. Never returns."""
+    try:
+        ctl.close()
+        os.close(status_w)
+        os.dup2(out_w, 1)
+        os.dup2(out_w, 2)
+        os.close(out_w)
+        null = os.open("/dev/null", os.O_RDONLY)
+        os.dup2(null, 0)
+        os.close(null)
+        os.setsid()
+        lim = cmd["limits"]
+        if cmd.get("isolate"):
+            enter_private_namespaces(int(lim["tmp_mb"]), int(lim["work_mb"]))  # returns in the run, PID 1 of its namespace
+        os.chdir(cmd["cwd"])
+        apply_limits(float(lim["memory_gb"]), int(lim["cpu_seconds"]), int(lim["file_mb"]), int(lim["nproc"]))
+        main(req_r, res_w)
+    except BaseException as exc:  # noqa: BLE001 - nothing may return into the zygote's loop
+        try:
+            os.write(2, f"harness: the run could not start: {type(exc).__name__}: {exc}\n".encode())
+        except OSError:
+            pass
+    os._exit(70)
+
+
 if __name__ == "__main__":
-    main()
+    if sys.argv[1] == "--zygote":
+        zygote_main(int(sys.argv[2]))
+    else:
+        main(int(sys.argv[1]), int(sys.argv[2]))

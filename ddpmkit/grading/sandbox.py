@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import select
 import shutil
 import signal
@@ -29,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from .harness import MAX_HEADER
+from .harness import MAX_HEADER, apply_limits
 from .sanitize import PACKAGE
 
 Isolation = Literal["auto", "bwrap", "none"]
@@ -106,16 +105,7 @@ def _user_tasks() -> int:
 
 def _limit_fn(limits: Limits):
     nproc = _user_tasks() + limits.processes
-
-    def apply() -> None:
-        mem = int(limits.memory_gb * 2**30)
-        resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
-        resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_seconds, limits.cpu_seconds + 5))
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limits.file_mb << 20, limits.file_mb << 20))
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-        resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
-
-    return apply
+    return lambda: apply_limits(limits.memory_gb, limits.cpu_seconds, limits.file_mb, nproc)
 
 
 def _python_roots() -> list[Path]:
@@ -159,7 +149,7 @@ def sandbox_env(home: str, seed: int, pythonpath: str | None = None) -> dict[str
         "PATH": "/usr/bin:/bin", "HOME": home, "TMPDIR": "/tmp" if pythonpath is None else home, "LANG": "C.UTF-8",
         "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
         "MPLBACKEND": "Agg", "MPLCONFIGDIR": f"{home}/.mpl", "CUDA_VISIBLE_DEVICES": "",
-        "PYTHONDONTWRITEBYTECODE": "1", "PYTHONHASHSEED": str(seed % 2**32), "DDPMKIT_PROFILE": "smoke", "TQDM_DISABLE": "1",
+        "PYTHONDONTWRITEBYTECODE": "1", "PYTHONHASHSEED": "0",  # the same for every run, forked or not: reproducible set and dict orders "DDPMKIT_PROFILE": "smoke", "TQDM_DISABLE": "1",
     }
     if pythonpath:
         env["PYTHONPATH"] = pythonpath
@@ -173,30 +163,36 @@ class Session:
     process ended or the deadline passed (``timed_out`` says which). Everything the
     process prints is drained in a thread; the first ``output_kb`` are kept."""
 
-    def __init__(self, root: Path, limits: Limits, isolation: Literal["bwrap", "none"], seed: int):
+    def __init__(self, root: Path, limits: Limits, isolation: Literal["bwrap", "none"], seed: int, zygote: "Zygote | None" = None):
         self.limits, self.timed_out, self.t0 = limits, False, time.monotonic()
-        req_r, self.req_w = os.pipe()
-        self.res_r, res_w = os.pipe()
-        harness_args = [str(req_r), str(res_w)]
-        if isolation == "bwrap":
-            argv = bwrap_command(root, limits, [sys.executable, "-s", "-P", "-u", "/harness/harness.py", *harness_args])
-            env, cwd, self.scratch = sandbox_env("/sandbox", seed), None, None
+        self.zygote, self.proc, self.scratch = zygote, None, None
+        if zygote is not None:  # a forked run: its own namespaces and RAM disks, no new interpreter
+            self.pid, self.req_w, self.res_r, out_r, self.status_r = zygote.spawn(limits)
+            self.out = os.fdopen(out_r, "rb", buffering=0)
         else:
-            self.scratch = Path(tempfile.mkdtemp(prefix="ddpmkit-grade-"))
-            argv = [sys.executable, "-s", "-P", "-u", str(root / "harness.py"), *harness_args]
-            env, cwd = sandbox_env(str(self.scratch), seed, pythonpath=str(root)), str(self.scratch)
-        self.proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, preexec_fn=_limit_fn(limits), start_new_session=True,
-                                     pass_fds=(req_r, res_w))
-        os.close(req_r)
-        os.close(res_w)
+            req_r, self.req_w = os.pipe()
+            self.res_r, res_w = os.pipe()
+            harness_args = [str(req_r), str(res_w)]
+            if isolation == "bwrap":
+                argv = bwrap_command(root, limits, [sys.executable, "-s", "-P", "-u", "/harness/harness.py", *harness_args])
+                env, cwd = sandbox_env("/sandbox", seed), None
+            else:
+                self.scratch = Path(tempfile.mkdtemp(prefix="ddpmkit-grade-"))
+                argv = [sys.executable, "-s", "-P", "-u", str(root / "harness.py"), *harness_args]
+                env, cwd = sandbox_env(str(self.scratch), seed, pythonpath=str(root)), str(self.scratch)
+            self.proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                         stderr=subprocess.STDOUT, preexec_fn=_limit_fn(limits), start_new_session=True,
+                                         pass_fds=(req_r, res_w))
+            os.close(req_r)
+            os.close(res_w)
+            self.out = self.proc.stdout
         self.kept, self.total = bytearray(), 0
         self.reader = threading.Thread(target=self._drain, daemon=True)
         self.reader.start()
         self.buf = bytearray()
 
     def _drain(self) -> None:  # read everything so a flood never blocks the child; keep the head
-        while chunk := self.proc.stdout.read(65536):
+        while chunk := self.out.read(65536):
             self.total += len(chunk)
             room = self.limits.output_kb * 1024 - len(self.kept)
             if room > 0:
@@ -250,6 +246,20 @@ class Session:
         return frame
 
     def close(self) -> RunResult:
+        returncode = self._close_forked() if self.zygote is not None else self._close_process()
+        self.reader.join(timeout=5)
+        for fd in (self.req_w, self.res_r):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.out.close()
+        if self.scratch is not None:
+            shutil.rmtree(self.scratch, ignore_errors=True)
+        return RunResult(None if self.timed_out else returncode, self.timed_out, time.monotonic() - self.t0,
+                         self.kept.decode("utf-8", "replace"), self.total)
+
+    def _close_process(self) -> int | None:
         if not self.timed_out:  # it ended or is ending by itself: keep its real exit status
             try:
                 self.proc.wait(timeout=2)
@@ -260,16 +270,90 @@ class Session:
         except ProcessLookupError:
             pass
         self.proc.wait()
-        self.reader.join(timeout=5)
-        for fd in (self.req_w, self.res_r):
-            try:
+        return self.proc.returncode
+
+    def _close_forked(self) -> int | None:
+        status = _read_status(self.status_r, 0 if self.timed_out else 2)
+        if status is None:
+            self.zygote.kill(self.pid)
+            status = _read_status(self.status_r, 10)
+        os.close(self.status_r)
+        return status
+
+
+def _read_status(fd: int, timeout: float) -> int | None:
+    ready, _, _ = select.select([fd], [], [], timeout)
+    if not ready:
+        return None
+    data = os.read(fd, 4)
+    return struct.unpack(">i", data)[0] if len(data) == 4 else None
+
+
+class ZygoteError(RuntimeError):
+    """The zygote could not start a run."""
+
+
+class Zygote:
+    """One sandbox with Python, NumPy, PyTorch and the withheld ddpmkit already imported,
+    forking one run per submission (``harness.zygote_main``). Starting an interpreter and
+    importing torch is most of a fresh sandbox's cost; a forked run skips it and still gets
+    what a fresh bubblewrap gives: its own user, mount, PID, network and IPC namespaces,
+    its own RAM disks for /tmp and /sandbox, a /proc that shows only itself, its limits,
+    no capabilities, and the seccomp filter. The zygote never runs a notebook's code."""
+
+    def __init__(self, root: Path, limits: Limits):
+        import socket
+
+        self.limits, self.lock = limits, threading.Lock()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        argv = bwrap_command(root, limits, [sys.executable, "-s", "-P", "-u", "/harness/harness.py", "--zygote", str(theirs.fileno())])
+        self.log = tempfile.TemporaryFile()  # what the zygote itself says, for an error message
+        self.proc = subprocess.Popen(argv, env=sandbox_env("/sandbox", 0), stdin=subprocess.DEVNULL, stdout=self.log,
+                                     stderr=subprocess.STDOUT, start_new_session=True, pass_fds=(theirs.fileno(),))
+        theirs.close()
+        self.ctl = ours
+        self.ctl.settimeout(120)
+
+    def spawn(self, limits: Limits) -> tuple[int, int, int, int, int]:
+        """A new run: (pid, request pipe, results pipe, output pipe, exit-status pipe)."""
+        import socket
+
+        req_r, req_w = os.pipe()
+        res_r, res_w = os.pipe()
+        out_r, out_w = os.pipe()
+        st_r, st_w = os.pipe()
+        msg = {"t": "spawn", "isolate": True, "cwd": "/sandbox",
+               "limits": {"memory_gb": limits.memory_gb, "cpu_seconds": limits.cpu_seconds, "file_mb": limits.file_mb,
+                          "tmp_mb": limits.tmp_mb, "work_mb": limits.work_mb, "nproc": _user_tasks() + limits.processes}}
+        try:
+            with self.lock:
+                socket.send_fds(self.ctl, [json.dumps(msg).encode()], [req_r, res_w, out_w, st_w])
+                reply = self.ctl.recv(4096)
+            pid = int(json.loads(reply)["pid"])
+        except (OSError, ValueError, KeyError) as exc:
+            for fd in (req_r, req_w, res_r, res_w, out_r, out_w, st_r, st_w):
                 os.close(fd)
-            except OSError:
-                pass
-        if self.scratch is not None:
-            shutil.rmtree(self.scratch, ignore_errors=True)
-        return RunResult(None if self.timed_out else self.proc.returncode, self.timed_out, time.monotonic() - self.t0,
-                         self.kept.decode("utf-8", "replace"), self.total)
+            self.log.seek(0)
+            raise ZygoteError(f"the zygote did not start a run: {exc}; {self.log.read()[-500:].decode(errors='replace')}") from None
+        for fd in (req_r, res_w, out_w, st_w):
+            os.close(fd)
+        return pid, req_w, res_r, out_r, st_r
+
+    def kill(self, pid: int) -> None:
+        try:
+            with self.lock:
+                self.ctl.send(json.dumps({"t": "kill", "pid": pid}).encode())
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.ctl.close()
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
+        self.log.close()
 
 
 class FrameError(Exception):
