@@ -497,3 +497,12 @@ def test_every_withheld_function_exists_and_raises_in_the_sandbox_copy(tmp_path)
 
 def test_lookalike_skeleton():
     assert skeleton("q_s\u0430mple") == "q_sample" and skeleton("ch\u0430mfer") == "chamfer" and skeleton("cfg_eps") == "cfg_eps"
+
+
+def test_feedback_names_the_worst_entry_relative_to_its_tolerance():
+    from ddpmkit.grading.spec import Expected, Question, judge
+
+    q = Question("f", lambda rng: [], lambda: None)
+    exp = Expected([np.array([1000.0, 0.001])], [np.dtype("float32")], [np.array([1.0, 1e-6])])
+    ok, msg = judge(q, exp, [np.array([1000.5, 0.002], dtype="float32")])
+    assert not ok and "at index (1,)" in msg and "1 of 2 entries" in msg  # 0.5 is within 1, 0.001 is 1000x its tolerance

@@ -453,7 +453,7 @@ def grade_submission(
         submitted, notes = notebooks.read_submission(sub.data)  # 2.
         feedback["notes"] += notes
         source = notebooks.assignments_dir() / "source" / assignment.source
-        release = notebooks.student_notebook(source)
+        release = notebooks.release_cached(source, source.stat().st_mtime_ns)
         plan = notebooks.plan_cells(release, submitted, [q.name for q in assignment.questions], notebooks.reference_forms_cached(source))
         feedback["notes"] += plan.general
         feedback["flags"] += list(plan.copies.values())

@@ -188,6 +188,12 @@ def reference_forms_cached(source_path: Path) -> dict[str, tuple[str, int]]:
     return reference_forms(source_path)
 
 
+@lru_cache(maxsize=None)
+def release_cached(source_path: Path, mtime_ns: int) -> nbformat.NotebookNode:
+    """The released student notebook of a source, parsed once per version of the file (read only)."""
+    return student_notebook(source_path)
+
+
 @dataclass
 class Plan:
     cells: list[dict]  # {"label", "source", "questions"} in execution order
