@@ -7,7 +7,7 @@ from nbclient import NotebookClient
 
 from ddpmkit import selfcheck
 from ddpmkit.grading.assignments import ASSIGNMENTS
-from ddpmkit.grading.grader import grade_submission
+from ddpmkit.grading.grader import grade_batch, grade_submission
 from ddpmkit.grading.notebooks import assignments_dir, grading_meta, release_path, strip_solutions, student_notebook
 
 SOURCES = {a.key: assignments_dir() / "source" / a.source for a in ASSIGNMENTS.values()}
@@ -58,11 +58,12 @@ def test_self_check_says_what_failed_and_why(capsys):
 @pytest.mark.parametrize("key", ["a2", "a3", "a4"])
 def test_grader_gives_solutions_full_marks_and_blank_notebooks_zero(key, tmp_path):
     a = ASSIGNMENTS[key]
-    for keep, expected in [(True, a.max_points), (False, 0)]:
-        path = tmp_path / f"{'solved' if keep else 'blank'}.ipynb"
-        nbformat.write(student_notebook(SOURCES[key], keep_solutions=keep), path)
-        fb = grade_submission(a, path)
-        assert fb["points"] == expected, fb["questions"]
+    paths = {}
+    for keep in (True, False):
+        paths[keep] = tmp_path / f"{'solved' if keep else 'blank'}.ipynb"
+        nbformat.write(student_notebook(SOURCES[key], keep_solutions=keep), paths[keep])
+    rows = grade_batch(a, list(paths.values()), tmp_path / "g.csv", jobs=2, progress=False)
+    assert (int(rows["solved"]["points"]), int(rows["blank"]["points"])) == (a.max_points, 0), rows
     assert a.max_points == {"a2": 15, "a3": 15, "a4": 9}[key]
 
 

@@ -364,14 +364,14 @@ def test_resume_skips_graded_submissions_and_a_crash_keeps_the_gradebook(tmp_pat
 
     monkeypatch.setattr(grader_mod, "grade_submission", crash_on_bob)
     with pytest.raises(KeyboardInterrupt):
-        grade_batch("a1", subs, out, limits=LIMITS, isolation="none", progress=False)
+        grade_batch("a1", subs, out, limits=LIMITS, progress=False)
     before = set(grader_mod.read_gradebook(out))  # a whole file with the finished rows, no half row
     assert "ann" in before and "bob" not in before
     assert not list(tmp_path.glob(".g.csv.*"))
 
     graded = []
     monkeypatch.setattr(grader_mod, "grade_submission", lambda a, p, *args, **kw: graded.append(p.student) or real(a, p, *args, **kw))
-    rows = grade_batch("a1", subs, out, resume=True, limits=LIMITS, isolation="none", progress=False)
+    rows = grade_batch("a1", subs, out, resume=True, limits=LIMITS, progress=False)
     assert set(graded) == {"ann", "bob", "cy"} - before
     assert {s: int(r["points"]) for s, r in rows.items()} == {"ann": 9, "bob": 9, "cy": 9}
 

@@ -532,6 +532,7 @@ def grade_batch(
     seed: int | None = None,
     progress: bool = True,
     exports: tuple[str, ...] = (),
+    fork: bool = True,
 ) -> dict[str, dict]:
     """Grade ``submissions`` into the gradebook ``out`` (CSV) and ``feedback_dir`` (JSON each).
 
@@ -539,7 +540,9 @@ def grade_batch(
     same submission checksum, and never retries a file that stopped the grader itself
     (its start marker is still there): that file gets a row saying so. ``seed`` fixes
     every submission's inputs; by default each draws its own. ``exports`` adds
-    ``gradescope`` (results.json per student) and/or ``canvas`` (a Canvas CSV).
+    ``gradescope`` (results.json per student) and/or ``canvas`` (a Canvas CSV). With
+    bubblewrap, runs are forked from one sandbox that has the libraries imported
+    (``sandbox.Zygote``); ``fork=False`` starts a fresh sandbox for every run instead.
     """
     a = get_assignment(assignment) if isinstance(assignment, str) else assignment
     mode = resolve_isolation(isolation)
@@ -600,7 +603,7 @@ def grade_batch(
     from tqdm.auto import tqdm
 
     limits = limits or Limits()
-    zygote = Zygote(sanitized_root(a.library), limits) if mode == "bwrap" and todo else None
+    zygote = Zygote(sanitized_root(a.library), limits) if fork and mode == "bwrap" and todo else None
     try:
         with ThreadPoolExecutor(max_workers=jobs) as pool:
             futures = [pool.submit(one, sub) for sub in todo]
