@@ -363,7 +363,7 @@ class TestOnlyOwnWork:
         fb = trust["fb"][("a1", "forge_stream")]
         assert fb["points"] == 0
         fb = trust["fb"][("a1", "junk_frames")]
-        assert fb["points"] == 0 and "unreadable frame" in " ".join(fb["notes"]) and fb["status"]
+        assert fb["points"] == 0 and "something wrote into the harness's pipe" in fb["status"], fb["status"]
 
     def test_memorised_self_check_answers_earn_nothing(self, trust):
         assert pts(trust["fb"][("a1", "memorised")])["cosine_betas"] == 0

@@ -191,13 +191,77 @@ def _helper_reply(a: Assignment, name: str, header: dict, arrays: list[np.ndarra
                                                          f"{type(exc).__name__}: {str(exc)[:300]}"})
 
 
+def _run_cells(session: Session, plan: notebooks.Plan, tr: Transcript, deadline: float, first: bool) -> tuple[bool, str | None, str | None]:
+    """Read the cells' frames until ``cells_done``. Returns (done, the last cell started,
+    why the frames stopped making sense, if they did)."""
+    label = None
+    try:
+        while (blob := session.receive(deadline, MAX_RESULT_BYTES)) is not None:
+            head, _ = _frame(blob)
+            t = head.get("t")
+            if t == "cell":
+                label = str(head.get("label", "?"))[:200]
+            elif t == "cell_error" and first:
+                i = head.get("i")
+                known = isinstance(i, int) and 0 <= i < len(plan.cells)
+                tr.cells.append(CellEvent(plan.cells[i]["label"] if known else "?", str(head.get("error", ""))[:4000],
+                                          str(head.get("traceback", ""))[:4000], plan.cells[i]["questions"] if known else []))
+            elif t == "seccomp" and not head.get("ok") and first:
+                tr.notes.append(f"the process-creation filter could not be installed: {str(head.get('error'))[:200]}")
+            elif t == "cells_done":
+                return True, label, None
+    except FrameError as exc:
+        return False, label, str(exc)
+    return False, label, None
+
+
+def _run_calls(session: Session, a: Assignment, questions: list[Question], cases: dict[str, list[Case]], tr: Transcript,
+               limits: Limits, seed: int, budget_end: float) -> tuple[str | None, str | None]:
+    """One call per case, each answered (or not) before the next. Returns (the question
+    during which the run ended, why the frames stopped making sense), or (None, None)."""
+    for qi, q in enumerate(questions):
+        q_end = min(budget_end, time.monotonic() + limits.question_timeout)
+        arrays: dict[str, np.ndarray] = {}
+        specs = encode_cases(q, cases[q.name], arrays)
+        keys = list(arrays)
+        index = {key: i for i, key in enumerate(keys)}
+        for k, spec in enumerate(specs):
+            nonce = secrets.token_hex(16)  # the answer must carry it: nothing written before this call can
+            call = {"t": "call", "nonce": nonce, "q": q.name, "case": k, "module": q.module, "grad": q.grad,
+                    "uses": list(q.uses), "seed": (seed + 7919 * (qi + 1) + k) % 2**63,
+                    "args": [_reindex(x, index) for x in spec["args"]],
+                    "state": {n: index[v] for n, v in spec.get("state", {}).items()}}
+            if not session.send(pack_frame(call, [arrays[key] for key in keys])):
+                return q.name, None
+            try:
+                answer = None
+                while answer is None:
+                    blob = session.receive(q_end, MAX_RESULT_BYTES)
+                    if blob is None:
+                        return q.name, None
+                    head, arrs = _frame(blob)
+                    if head.get("nonce") != nonce:
+                        tr.notes.append(f"a record not sent in answer to a call was ignored ({q.name}, case {k + 1})")
+                    elif head.get("t") == "helper" and head.get("name") in q.uses:
+                        tr.helpers[q.name] = tr.helpers.get(q.name, 0) + 1
+                        session.send(_helper_reply(a, str(head["name"]), head, arrs))
+                    elif head.get("t") in ("result", "call_error") and head.get("q") == q.name and head.get("case") == k:
+                        answer = read_answer(head, arrs)
+                    else:
+                        tr.notes.append(f"an unexpected record during {q.name}, case {k + 1}, was ignored")
+            except FrameError as exc:
+                return q.name, str(exc)
+            tr.answers[(q.name, k)] = answer
+    return None, None
+
+
 def run(a: Assignment, plan: notebooks.Plan, cases: dict[str, list[Case]], limits: Limits, mode, seed: int,
         zygote: Zygote | None = None) -> Transcript:
     """Run the sandbox until every case has an answer or a reason why not (step 4).
 
     One time budget (``limits.timeout``) covers the whole submission; a question may use
     at most ``limits.question_timeout`` of it. After a crash or a timeout inside a
-    question, that question's remaining cases fail with the reason and a new sandbox runs
+    question, that question's remaining cases fail with the reason and a new run takes
     the questions after it."""
     tr = Transcript()
     t0 = time.monotonic()
@@ -217,76 +281,14 @@ def run(a: Assignment, plan: notebooks.Plan, cases: dict[str, list[Case]], limit
             tr.notes.append(f"graded in a fresh sandbox ({exc})")
             zygote = None
             session = Session(root, limits, mode, seed)
-        where, crashed_in, cell_label, timeout_used = "cells", None, None, limits.timeout
+        crashed, garbled = None, None
         try:
             session.send(pack_frame({"t": "setup", "cells": plan.cells, "seed": seed}))
-            # the cells: informational frames until "cells_done"
-            while True:
-                blob = session.receive(budget_end, MAX_RESULT_BYTES)
-                if blob is None:
-                    break
-                head, _ = _frame(blob)
-                t = head.get("t")
-                if t == "cell":
-                    cell_label = str(head.get("label", "?"))[:200]
-                elif t == "cell_error" and first:
-                    i = head.get("i")
-                    label = plan.cells[i]["label"] if isinstance(i, int) and 0 <= i < len(plan.cells) else "?"
-                    qs = plan.cells[i]["questions"] if isinstance(i, int) and 0 <= i < len(plan.cells) else []
-                    tr.cells.append(CellEvent(label, str(head.get("error", ""))[:4000], str(head.get("traceback", ""))[:4000], qs))
-                elif t == "seccomp" and not head.get("ok") and first:
-                    tr.notes.append(f"the process-creation filter could not be installed: {str(head.get('error'))[:200]}")
-                elif t == "cells_done":
-                    where = "calls"
-                    break
-            if where == "cells":
-                crashed_in = None
-            else:
-                for qi, q in enumerate(pending):
-                    q_end = min(budget_end, time.monotonic() + limits.question_timeout)
-                    timeout_used = min(limits.question_timeout, limits.timeout)
-                    arrays: dict[str, np.ndarray] = {}
-                    specs = encode_cases(q, cases[q.name], arrays)
-                    keys = list(arrays)
-                    for k, spec in enumerate(specs):
-                        nonce = secrets.token_hex(16)
-                        index = {key: i for i, key in enumerate(keys)}
-                        call = {"t": "call", "nonce": nonce, "q": q.name, "case": k, "module": q.module, "grad": q.grad,
-                                "uses": list(q.uses), "seed": (seed + 7919 * (qi + 1) + k) % 2**63,
-                                "args": [_reindex(s, index) for s in spec["args"]],
-                                "state": {n: index[v] for n, v in spec.get("state", {}).items()}}
-                        if not session.send(pack_frame(call, [arrays[key] for key in keys])):
-                            crashed_in = q.name
-                            break
-                        answer = None
-                        while answer is None:
-                            blob = session.receive(q_end, MAX_RESULT_BYTES)
-                            if blob is None:
-                                break
-                            head, arrs = _frame(blob)
-                            if head.get("nonce") != nonce:
-                                tr.notes.append(f"a record not sent in answer to a call was ignored ({q.name}, case {k + 1})")
-                                continue
-                            if head.get("t") == "helper" and head.get("name") in q.uses:
-                                tr.helpers[q.name] = tr.helpers.get(q.name, 0) + 1
-                                session.send(_helper_reply(a, str(head["name"]), head, arrs))
-                            elif head.get("t") in ("result", "call_error") and head.get("q") == q.name and head.get("case") == k:
-                                answer = read_answer(head, arrs)
-                            else:
-                                tr.notes.append(f"an unexpected record during {q.name}, case {k + 1}, was ignored")
-                        if answer is None:
-                            crashed_in = q.name
-                            break
-                        tr.answers[(q.name, k)] = answer
-                    if crashed_in:
-                        break
-                else:
+            done, cell_label, garbled = _run_cells(session, plan, tr, budget_end, first)
+            if done:
+                crashed, garbled = _run_calls(session, a, pending, cases, tr, limits, seed, budget_end)
+                if crashed is None:
                     session.send(pack_frame({"t": "end"}))
-        except FrameError as exc:
-            crashed_in = crashed_in or (None if where == "cells" else next((q.name for q in pending if any((q.name, k) not in tr.answers for k in range(len(cases[q.name])))), None))
-            tr.notes.append(f"the sandbox sent {exc}; grading of that run stopped there")
-            if crashed_in is None and where == "calls":
-                pending = []
         finally:
             result = session.close()
         if first:
@@ -294,21 +296,22 @@ def run(a: Assignment, plan: notebooks.Plan, cases: dict[str, list[Case]], limit
             if result.output_bytes > limits.output_kb * 1024:
                 tr.notes.append(f"the notebook printed {result.output_bytes / 2**20:.1f} MB; only the first {limits.output_kb} KB are kept")
         first = False
-        if where == "cells":  # the process ended before the calls: nothing more can run
-            ending = result.ending(limits) if not result.timed_out else f"used up the submission's time budget of {limits.timeout:.0f} s"
+        if garbled:
+            ending = f"sent the grader {garbled} (something wrote into the harness's pipe)"
+        elif result.timed_out and time.monotonic() >= budget_end - 0.5:
+            ending = f"used up the submission's time budget of {limits.timeout:.0f} s"
+        else:
+            ending = result.ending(limits, min(limits.question_timeout, limits.timeout))
+        if not done:  # the process ended before the calls: nothing more can run
             for q in pending:
                 tr.failures[q.name] = f"not graded: the notebook {ending} while running {cell_label or 'its first cell'}"
             tr.status = f"stopped in {cell_label}: {ending}"
             break
-        if crashed_in is None:
+        if crashed is None:
             break
-        ending = result.ending(limits, timeout_used)
-        if result.timed_out and time.monotonic() >= budget_end:
-            ending = f"used up the submission's time budget of {limits.timeout:.0f} s"
-        tr.failures[crashed_in] = f"{ending} while calling {crashed_in}"
+        tr.failures[crashed] = f"{ending} while calling {crashed}"
         tr.status = "graded (with a crash or timeout)"
-        idx = [q.name for q in pending].index(crashed_in)
-        pending = pending[idx + 1 :]
+        pending = pending[[q.name for q in pending].index(crashed) + 1 :]
     tr.seconds = time.monotonic() - t0
     return tr
 
