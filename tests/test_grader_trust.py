@@ -166,7 +166,7 @@ except OSError as exc:
     "neighbours": ["""
 import os
 print('PROCS', sorted(os.listdir('/proc')), 'PID', os.getpid())
-print('TMPFILES', os.listdir('/tmp'), 'WORKFILES', os.listdir('.'))
+print('TMPFILES', [f for f in os.listdir('/tmp') if not os.path.isdir('/tmp/' + f)], 'WORKFILES', os.listdir('.'))
 caps = [l.split()[1] for l in open('/proc/self/status') if l.startswith(('CapEff', 'CapPrm', 'CapBnd'))]
 print('CAPS', caps)
 hits = []
@@ -508,3 +508,15 @@ def test_feedback_names_the_worst_entry_relative_to_its_tolerance():
     exp = Expected([np.array([1000.0, 0.001])], [np.dtype("float32")], [np.array([1.0, 1e-6])])
     ok, msg = judge(q, exp, [np.array([1000.5, 0.002], dtype="float32")])
     assert not ok and "at index (1,)" in msg and "1 of 2 entries" in msg  # 0.5 is within 1, 0.001 is 1000x its tolerance
+
+
+@needs_bwrap
+def test_a_sandbox_that_cannot_start_is_never_the_students_fault(tmp_path):
+    """Far too little memory for Python and PyTorch: the forked run fails, then a fresh one;
+    the row says the grader failed, not the notebook."""
+    sub = notebook(tmp_path, "a1", "fine")
+    rows = grade_batch("a1", [sub], tmp_path / "g.csv", limits=Limits(memory_gb=0.2), isolation=MODE, seed=1, progress=False)
+    fb = json.loads((tmp_path / "g-feedback" / "fine.json").read_text())
+    assert rows["fine"]["points"] == 0 and fb["status"].startswith("grader error: the sandbox could not start"), fb["status"]
+    assert "not your notebook's doing" in msgs(fb, "q_sample")
+    assert any("a forked run could not start" in n for n in fb["notes"]), fb["notes"]

@@ -191,16 +191,24 @@ def _helper_reply(a: Assignment, name: str, header: dict, arrays: list[np.ndarra
                                                          f"{type(exc).__name__}: {str(exc)[:300]}"})
 
 
-def _run_cells(session: Session, plan: notebooks.Plan, tr: Transcript, deadline: float, first: bool) -> tuple[bool, str | None, str | None]:
-    """Read the cells' frames until ``cells_done``. Returns (done, the last cell started,
-    why the frames stopped making sense, if they did)."""
-    label = None
+@dataclass
+class _Cells:
+    done: bool = False  # every cell ran and the harness said so
+    started: bool = False  # the harness sent anything at all (else the sandbox never started)
+    label: str | None = None  # the last cell started
+    garbled: str | None = None  # why the frames stopped making sense, if they did
+
+
+def _run_cells(session: Session, plan: notebooks.Plan, tr: Transcript, deadline: float, first: bool) -> _Cells:
+    """Read the cells' frames until ``cells_done``."""
+    out = _Cells()
     try:
         while (blob := session.receive(deadline, MAX_RESULT_BYTES)) is not None:
+            out.started = True
             head, _ = _frame(blob)
             t = head.get("t")
             if t == "cell":
-                label = str(head.get("label", "?"))[:200]
+                out.label = str(head.get("label", "?"))[:200]
             elif t == "cell_error" and first:
                 i = head.get("i")
                 known = isinstance(i, int) and 0 <= i < len(plan.cells)
@@ -209,10 +217,11 @@ def _run_cells(session: Session, plan: notebooks.Plan, tr: Transcript, deadline:
             elif t == "seccomp" and not head.get("ok") and first:
                 tr.notes.append(f"the process-creation filter could not be installed: {str(head.get('error'))[:200]}")
             elif t == "cells_done":
-                return True, label, None
+                out.done = True
+                return out
     except FrameError as exc:
-        return False, label, str(exc)
-    return False, label, None
+        out.garbled = str(exc)
+    return out
 
 
 def _run_calls(session: Session, a: Assignment, questions: list[Question], cases: dict[str, list[Case]], tr: Transcript,
@@ -284,13 +293,24 @@ def run(a: Assignment, plan: notebooks.Plan, cases: dict[str, list[Case]], limit
         crashed, garbled = None, None
         try:
             session.send(pack_frame({"t": "setup", "cells": plan.cells, "seed": seed}))
-            done, cell_label, garbled = _run_cells(session, plan, tr, budget_end, first)
-            if done:
+            cells = _run_cells(session, plan, tr, budget_end, first)
+            garbled = cells.garbled
+            if cells.done:
                 crashed, garbled = _run_calls(session, a, pending, cases, tr, limits, seed, budget_end)
                 if crashed is None:
                     session.send(pack_frame({"t": "end"}))
         finally:
             result = session.close()
+        if not cells.started and not result.timed_out:  # the sandbox itself failed: never the notebook's fault
+            tail = result.output.strip().splitlines()[-1:] or ["no output"]
+            if zygote is not None:
+                tr.notes.append(f"a forked run could not start ({tail[0][:300]}); graded in a fresh sandbox")
+                zygote = None
+                continue
+            for q in pending:
+                tr.failures[q.name] = "not graded: the grader's sandbox could not start (not your notebook's doing); ask to be graded again"
+            tr.status = f"grader error: the sandbox could not start: {tail[0][:300]}"
+            break
         if first:
             tr.output, tr.output_bytes = result.output, result.output_bytes
             if result.output_bytes > limits.output_kb * 1024:
@@ -302,10 +322,10 @@ def run(a: Assignment, plan: notebooks.Plan, cases: dict[str, list[Case]], limit
             ending = f"used up the submission's time budget of {limits.timeout:.0f} s"
         else:
             ending = result.ending(limits, min(limits.question_timeout, limits.timeout))
-        if not done:  # the process ended before the calls: nothing more can run
+        if not cells.done:  # the process ended before the calls: nothing more can run
             for q in pending:
-                tr.failures[q.name] = f"not graded: the notebook {ending} while running {cell_label or 'its first cell'}"
-            tr.status = f"stopped in {cell_label}: {ending}"
+                tr.failures[q.name] = f"not graded: the notebook {ending} while running {cells.label or 'its first cell'}"
+            tr.status = f"stopped in {cells.label}: {ending}"
             break
         if crashed is None:
             break

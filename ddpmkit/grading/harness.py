@@ -238,8 +238,27 @@ def enter_private_namespaces(tmp_mb: int, work_mb: int) -> None:
         with open(f"/proc/self/{name}", "w") as f:
             f.write(text)
     _check(libc.mount(b"none", b"/", None, REC | PRIVATE, None), "mount --make-rprivate /")
-    for where, mb in ((b"/tmp", tmp_mb), (b"/sandbox", work_mb)):
-        _check(libc.mount(b"tmpfs", where, b"tmpfs", NOSUID | NODEV, f"size={mb}m,mode=0700".encode()), f"mount tmpfs {where!r}")
+    # read-only binds that lie under /tmp (a virtual environment in /tmp/...) must survive the new /tmp
+    with open("/proc/self/mountinfo") as f:
+        points = {line.split()[4].encode().decode("unicode_escape") for line in f}
+    keep = sorted(p for p in points if p.startswith("/tmp/"))
+    keep = [p for p in keep if not any(p != o and p.startswith(o + "/") for o in keep)]
+    _check(libc.mount(b"tmpfs", b"/sandbox", b"tmpfs", NOSUID | NODEV, f"size={work_mb}m,mode=0700".encode()), "mount tmpfs /sandbox")
+    for i, p in enumerate(keep):
+        hold = f"/sandbox/.keep{i}"
+        os.mkdir(hold) if os.path.isdir(p) else open(hold, "w").close()
+        _check(libc.mount(p.encode(), hold.encode(), None, BIND | REC, None), f"bind {p}")
+    _check(libc.mount(b"tmpfs", b"/tmp", b"tmpfs", NOSUID | NODEV, f"size={tmp_mb}m,mode=0700".encode()), "mount tmpfs /tmp")
+    for i, p in enumerate(keep):
+        hold = f"/sandbox/.keep{i}"
+        if os.path.isdir(hold):
+            os.makedirs(p)
+        else:
+            os.makedirs(os.path.dirname(p), exist_ok=True)
+            open(p, "w").close()
+        _check(libc.mount(hold.encode(), p.encode(), None, BIND | REC, None), f"bind back {p}")
+        _check(libc.umount2(hold.encode(), 2), f"umount {hold}")  # MNT_DETACH
+        os.rmdir(hold) if os.path.isdir(hold) else os.unlink(hold)
     go_r, go_w = os.pipe()
     pid = os.fork()
     if pid == 0:  # the run: wait until its /proc is in place
