@@ -154,7 +154,9 @@ def _grade(a) -> int:
     rows = grade_batch(a.assignment, a.submissions, a.out, feedback_dir=a.feedback, jobs=a.jobs, resume=a.resume,
                        limits=limits, isolation=a.sandbox, seed=a.seed, progress=not a.no_progress, exports=tuple(a.format))
     total = sum(int(r["points"]) for r in rows.values())
-    print(f"graded {len(rows)} submission(s) into {a.out}; mean {total / max(len(rows), 1):.2f} points")
+    odd = sum(str(r["status"]).startswith(("refused", "unreadable", "grader error")) for r in rows.values())
+    print(f"graded {len(rows)} submission(s) into {a.out}; mean {total / max(len(rows), 1):.2f} points"
+          + (f"; {odd} could not be graded (see their status)" if odd else ""))
     return 0
 
 

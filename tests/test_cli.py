@@ -71,3 +71,24 @@ def test_cli_conditional_vector_run(tmp_path, capsys):
     assert "--label must lie in [0, 1]" in capsys.readouterr().err
     assert main(["train", "--dataset", "swiss_roll", "--cond", "class", "--out", str(tmp_path / "s"), "--no-progress"]) == 2
     assert "needs a labelled data set" in capsys.readouterr().err
+
+
+def test_grade_gives_every_path_a_row_and_a_summary(tmp_path):
+    """A FIFO, a missing file and an untouched notebook: three rows, exit 0, one summary line."""
+    import csv
+    import os
+    import shutil
+
+    from ddpmkit.grading.notebooks import assignments_dir
+
+    shutil.copy(assignments_dir() / "a1_forward.ipynb", tmp_path / "alice.ipynb")
+    os.mkfifo(tmp_path / "bob.ipynb")
+    out = tmp_path / "grades.csv"
+    proc = run("grade", "a1", tmp_path / "alice.ipynb", tmp_path / "bob.ipynb", tmp_path / "carol.ipynb", "--out", out,
+               "--no-progress", "--format", "canvas", "--timeout", "60")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().endswith("mean 0.00 points; 2 could not be graded (see their status)")
+    with open(out, newline="") as f:
+        rows = {r["student"]: r for r in csv.DictReader(f)}
+    assert rows["bob"]["status"].startswith("refused: the submission is a FIFO") and "No such file" in rows["carol"]["status"]
+    assert rows["alice"]["status"] == "graded" and (tmp_path / "grades-canvas.csv").is_file()

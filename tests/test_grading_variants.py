@@ -22,8 +22,8 @@ from grading_variants import CORRECT, WRONG
 
 from ddpmkit.profile import by_profile
 
-# 200 grading seeds (the bar) outside the smoke profile; 10 in smoke, to keep `make test` short
-SEEDS = int(os.environ.get("DDPMKIT_GRADING_SEEDS", by_profile(10, 200, 200)))
+# 200 grading seeds (the bar) outside the smoke profile; 5 in smoke, to keep `make test` short
+SEEDS = int(os.environ.get("DDPMKIT_GRADING_SEEDS", by_profile(5, 200, 200)))
 QUESTIONS = {q.name: (a, q) for a in ASSIGNMENTS.values() for q in a.questions}
 
 

@@ -638,10 +638,6 @@ def grade_batch(
     write_gradebook(out, a, rows)
     if "canvas" in exports:
         write_canvas(a, rows, out)
-    if progress:
-        pts = [int(r["points"]) for r in rows.values()]
-        print(f"graded {len(todo)} of {len(ids)} submission(s) ({len(ids) - len(todo)} unchanged); "
-              f"mean {np.mean(pts) if pts else 0:.2f} of {a.max_points} points; gradebook {out}", file=sys.stderr)
     return rows
 
 
