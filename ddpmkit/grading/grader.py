@@ -34,6 +34,7 @@ import unicodedata
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -438,6 +439,13 @@ def student_id(path: Path, assignment: Assignment) -> str:
     return path.parent.name if path.stem == stem else path.stem
 
 
+@lru_cache(maxsize=8)
+def _draw_fixed(key: str, seed: int) -> tuple[dict[str, list[Case]], dict[str, list[Expected]]]:
+    """``draw`` for a seed given by the instructor (``--seed``): every submission shares it,
+    so it is computed once per batch (the cases and references are only read)."""
+    return draw(get_assignment(key), seed)
+
+
 def draw(a: Assignment, seed: int) -> tuple[dict[str, list[Case]], dict[str, list[Expected]]]:
     """Step 3: the hidden cases and their references (float64, with tolerances)."""
     rng = np.random.default_rng(seed)
@@ -458,6 +466,7 @@ def grade_submission(
     With ``zygote`` (bubblewrap only) its runs are forked from it instead of started afresh."""
     limits = limits or Limits()
     mode = resolve_isolation(isolation)
+    fixed = seed is not None
     seed = secrets.randbits(62) if seed is None else int(seed)
     t0 = time.monotonic()
     sub = path if isinstance(path, Submission) else probe(Path(path), student_id(Path(path), assignment))
@@ -467,7 +476,7 @@ def grade_submission(
         "time_budget": {"submission_s": limits.timeout, "question_s": min(limits.question_timeout, limits.timeout)},
         "notes": [], "flags": [], "cells": [], "output": "",
     }
-    cases, expected = draw(assignment, seed)  # 3.
+    cases, expected = _draw_fixed(assignment.key, seed) if fixed and assignment is get_assignment(assignment.key) else draw(assignment, seed)  # 3.
     plan, status = None, "graded"
     tr = Transcript()
     try:
