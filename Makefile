@@ -27,8 +27,9 @@ book: $(STAMP)
 	$(VENV)/bin/jupyter-book build . --all --warningiserror --keep-going
 	@echo "Book written to _build/html/index.html (profile: $(DDPMKIT_PROFILE))"
 
-## The whole test suite, chapters included (nbval, in the smoke profile).
+## The linter (ruff, configured in pyproject.toml), then the whole test suite, chapters included (nbval, smoke profile).
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
 	DDPMKIT_PROFILE=smoke $(VENV)/bin/python -m pytest tests --nbval-lax -p no:cacheprovider
 
 ## Speed of training and sampling on this machine (see benchmarks/README.md).

@@ -42,7 +42,7 @@ class ClassifierConfig:
         return {**asdict(self), "channels": list(self.channels)}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ClassifierConfig":
+    def from_dict(cls, d: dict) -> ClassifierConfig:
         return cls(**{**d, "channels": tuple(d["channels"])})
 
 
@@ -62,8 +62,9 @@ class ImageClassifier(nn.Module):
     Inputs are images in [-1, 1] of shape (B, in_channels, image_size, image_size).
     """
 
-    def __init__(self, config: ClassifierConfig = ClassifierConfig()):
+    def __init__(self, config: ClassifierConfig | None = None):
         super().__init__()
+        config = config or ClassifierConfig()  # the defaults
         self.config = config
         c1, c2, side = *config.channels, config.image_size // 4
         self.body = nn.Sequential(
@@ -93,9 +94,12 @@ class _Features(nn.Module):
         return self.clf.features(x).double()
 
 
-def train_classifier(images: torch.Tensor, labels: torch.Tensor, config: ClassifierConfig = ClassifierConfig(), progress: bool = True) -> ImageClassifier:
+def train_classifier(
+    images: torch.Tensor, labels: torch.Tensor, config: ClassifierConfig | None = None, progress: bool = True
+) -> ImageClassifier:
     """Train the classifier with Adam and light random shifts (±2 pixels); cross-entropy on
     class indices, or binary cross-entropy on multi-hot labels when ``config.multilabel``."""
+    config = config or ClassifierConfig()  # the defaults
     g = torch.Generator().manual_seed(config.seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)

@@ -60,9 +60,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     t = sub.add_parser("train", help="train a DDPM on a vector data set", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    t.add_argument("--dataset", type=_train_dataset, default="swiss_roll", help=f"one of {', '.join(DATASETS)}, mnist, digits8x8, shapes (default swiss_roll)")
-    t.add_argument("--recipe", default=None, help="a named recipe (mnist-cfg, shapes-cfg, swiss-roll, mnist-classifier, shapes-evaluator): its whole config; --iterations/--seed/--device still apply")
-    t.add_argument("--cond", choices=("none", "class", "multi"), default=None, help="conditioning (default: class for mnist/digits8x8, multi for shapes, none for vector sets; class works for moons, circles, eight_gaussians, digits64)")
+    t.add_argument("--dataset", type=_train_dataset, default="swiss_roll",
+                   help=f"one of {', '.join(DATASETS)}, mnist, digits8x8, shapes (default swiss_roll)")
+    t.add_argument("--recipe", default=None,
+                   help="a named recipe (mnist-cfg, shapes-cfg, swiss-roll, mnist-classifier, shapes-evaluator): "
+                        "its whole config; --iterations/--seed/--device still apply")
+    t.add_argument("--cond", choices=("none", "class", "multi"), default=None,
+                   help="conditioning (default: class for mnist/digits8x8, multi for shapes, none for vector sets; "
+                        "class works for moons, circles, eight_gaussians, digits64)")
     t.add_argument("--out", required=True, type=Path, help="run folder to create (config.json, checkpoint.pt)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
     t.add_argument("--download", action="store_true", help="mnist: let torchvision download the data set into $DDPMKIT_DATA (needs internet)")
@@ -87,8 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sample", help="sample from a trained run", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("run", type=Path, help="run folder written by ddpmkit train, or a shipped checkpoint name (e.g. mnist-cfg)")
-    s.add_argument("--label", default=None, help="image models: a class index (e.g. 7), or comma-separated shape labels ('red square,blue circle'); default: all classes in turn")
-    s.add_argument("--guidance", type=float, default=None, help="classifier-free guidance weight w, eps = (1+w) eps_c - w eps_u (default: the checkpoint's chosen w, else 0)")
+    s.add_argument("--label", default=None,
+                   help="image models: a class index (e.g. 7), or comma-separated shape labels ('red square,blue circle'); "
+                        "default: all classes in turn")
+    s.add_argument("--guidance", type=float, default=None,
+                   help="classifier-free guidance weight w, eps = (1+w) eps_c - w eps_u (default: the checkpoint's chosen w, else 0)")
     s.add_argument("--n", type=_positive_int, default=2048, help="number of samples")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", type=Path, required=True, help=".npy file for the (n, dim) or (n, C, H, W) samples; .png writes an image grid")
@@ -172,11 +180,11 @@ def _assign(a) -> int:
 
 
 def _train(a) -> int:
+    from .data import DIMS
     from .models import MLPConfig
+    from .recipes import CLASSIFIER_RECIPES
     from .schedules import ScheduleConfig
     from .train import RunConfig, TrainConfig, Trainer
-    from .data import DIMS
-    from .recipes import CLASSIFIER_RECIPES
 
     if a.recipe in CLASSIFIER_RECIPES:
         return _train_classifier(a)
@@ -185,7 +193,7 @@ def _train(a) -> int:
     elif (a.out / "checkpoint.pt").exists():
         raise ValueError(f"{a.out} already holds a run; pass --resume to continue it or choose another --out")
     elif a.recipe or a.dataset not in DIMS:
-        from .recipes import get_recipe, mnist_cfg
+        from .recipes import get_recipe
 
         cfg = get_recipe(a.recipe) if a.recipe else _image_config(a)
         if a.iterations:
@@ -212,7 +220,8 @@ def _train(a) -> int:
         )  # fmt: skip
         tr = Trainer(cfg, a.out)
     tr.train(progress=not a.no_progress)
-    print(json.dumps({"run": str(a.out), "step": tr.step, "final_loss": float(sum(tr.losses[-100:]) / max(1, len(tr.losses[-100:]))), "wall_time_s": round(tr.wall_time, 2)}))
+    last = tr.losses[-100:]
+    print(json.dumps({"run": str(a.out), "step": tr.step, "final_loss": float(sum(last) / max(1, len(last))), "wall_time_s": round(tr.wall_time, 2)}))
     return 0
 
 
@@ -337,7 +346,7 @@ def _sample(a) -> int:
     elif a.guidance is not None:
         raise ValueError("--guidance needs a conditional model (trained with --cond class or multi)")
     gen = torch.Generator().manual_seed(a.seed)
-    common = dict(x_T=x_T, predictor=cfg.train.predictor, generator=gen, progress=not a.no_progress, clip_x0=clip)
+    common = {"x_T": x_T, "predictor": cfg.train.predictor, "generator": gen, "progress": not a.no_progress, "clip_x0": clip}
     if a.sampler == "ddim":
         out = ddim_sample(model, sched, shape, steps=a.steps, eta=a.eta, spacing=a.spacing, **common)
     else:
@@ -353,7 +362,7 @@ def _sample(a) -> int:
         import torchvision
 
         a.out.parent.mkdir(parents=True, exist_ok=True)
-        torchvision.utils.save_image(x, str(a.out), nrow=int(math.ceil(math.sqrt(len(x)))), padding=2)
+        torchvision.utils.save_image(x, str(a.out), nrow=math.ceil(math.sqrt(len(x))), padding=2)
     else:
         save_npy(x.numpy().astype(np.float32), a.out)
     print(f"wrote {tuple(x.shape)} samples to {a.out}")

@@ -6,8 +6,9 @@ v-prediction is from Salimans & Ho (2022), "Progressive Distillation", §4.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F

@@ -6,9 +6,11 @@ so the numbers in every figure come from library code that the tests also exerci
 
 from __future__ import annotations
 
+import os
 import time
-from dataclasses import dataclass, replace
-from typing import Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -148,13 +150,13 @@ def elbo_bpd(trainer: Trainer, n: int, seed: int = 2) -> dict:
 # The CS726 report's schedule experiment (000_…): the original linear schedule, gentler and
 # harsher linear ones, and the cosine and sigmoid shapes.
 CS726_SCHEDULES: dict[str, dict] = {
-    "original (linear 1e-4→0.02)": dict(name="linear", beta_1=1e-4, beta_T=0.02),
-    "very gradual (linear 1e-5→0.005)": dict(name="linear", beta_1=1e-5, beta_T=0.005),
-    "fast (linear 1e-3→0.05)": dict(name="linear", beta_1=1e-3, beta_T=0.05),
-    "wide range (linear 1e-5→0.1)": dict(name="linear", beta_1=1e-5, beta_T=0.1),
-    "quadratic 1e-4→0.02": dict(name="quadratic", beta_1=1e-4, beta_T=0.02),
-    "cosine (s=0.008)": dict(name="cosine"),
-    "sigmoid 1e-4→0.02": dict(name="sigmoid", beta_1=1e-4, beta_T=0.02),
+    "original (linear 1e-4→0.02)": {"name": "linear", "beta_1": 1e-4, "beta_T": 0.02},
+    "very gradual (linear 1e-5→0.005)": {"name": "linear", "beta_1": 1e-5, "beta_T": 0.005},
+    "fast (linear 1e-3→0.05)": {"name": "linear", "beta_1": 1e-3, "beta_T": 0.05},
+    "wide range (linear 1e-5→0.1)": {"name": "linear", "beta_1": 1e-5, "beta_T": 0.1},
+    "quadratic 1e-4→0.02": {"name": "quadratic", "beta_1": 1e-4, "beta_T": 0.02},
+    "cosine (s=0.008)": {"name": "cosine"},
+    "sigmoid 1e-4→0.02": {"name": "sigmoid", "beta_1": 1e-4, "beta_T": 0.02},
 }
 
 
@@ -199,7 +201,9 @@ def load_benchmark(name: str) -> dict:
 
 
 @torch.no_grad()
-def guided_samples(model, schedule, labels: torch.Tensor, w: float, *, image_size: int = 28, steps: int = 50, seed: int = 0, batch: int = 250) -> torch.Tensor:
+def guided_samples(
+    model, schedule, labels: torch.Tensor, w: float, *, image_size: int = 28, steps: int = 50, seed: int = 0, batch: int = 250
+) -> torch.Tensor:
     """Class-conditional images in [-1, 1] guided with weight ``w`` (DDIM, η = 0, x0 clipped)."""
     from .guidance import CFGModel
 
@@ -257,13 +261,10 @@ def score_class_samples(classifier, real: torch.Tensor, x: torch.Tensor, labels:
 # --- image chapters ---------------------------------------------------------------------
 
 
-def retrain_dir() -> "Path":
+def retrain_dir() -> Path:
     """Where the ``full`` profile keeps the image models it retrains, so that the chapters
     share one training run per recipe (and an interrupted build resumes it):
     ``$DDPMKIT_RUNS``, else ``~/.cache/ddpmkit/runs``."""
-    import os
-    from pathlib import Path
-
     return Path(os.environ.get("DDPMKIT_RUNS") or Path.home() / ".cache" / "ddpmkit" / "runs")
 
 

@@ -183,4 +183,5 @@ def load_image_folder(path: str | os.PathLike, size: int = 64) -> ImageData:
     tf = transforms.Compose([transforms.Resize(size), transforms.CenterCrop(size), transforms.ToTensor()])
     ds = datasets.ImageFolder(str(path), transform=tf)
     xs, ys = zip(*[ds[i] for i in range(len(ds))])
-    return ImageData(torch.stack(xs) * 2 - 1, torch.tensor(ys, dtype=torch.long), f"image folder {path} ({len(ds)} images, {len(ds.classes)} classes)")
+    what = f"image folder {path} ({len(ds)} images, {len(ds.classes)} classes)"
+    return ImageData(torch.stack(xs) * 2 - 1, torch.tensor(ys, dtype=torch.long), what)

@@ -15,7 +15,7 @@ estimate of its expectation). For σ²_t = β̃_t the decoder variance β̃_1 = 
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from tqdm.auto import tqdm

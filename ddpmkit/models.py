@@ -17,8 +17,9 @@ the time embedding (concat), the same two routes as the UNet's time + label embe
 
 from __future__ import annotations
 
+import itertools
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Literal
 
 import torch
@@ -85,7 +86,7 @@ class MLPConfig:
         return {**asdict(self), "hidden": list(self.hidden)}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "MLPConfig":
+    def from_dict(cls, d: dict) -> MLPConfig:
         return cls(**{**d, "hidden": tuple(d.get("hidden", (128, 128, 128)))})
 
 
@@ -97,7 +98,7 @@ class TimeLinearMLP(nn.Module):
         self.config = config
         dims = [config.dim, *config.hidden]
         self.layers = nn.ModuleList(
-            TimeLinear(a, b, config.freq_dim, config.num_classes) for a, b in zip(dims[:-1], dims[1:])
+            TimeLinear(a, b, config.freq_dim, config.num_classes) for a, b in itertools.pairwise(dims)
         )
         self.out = nn.Linear(dims[-1], config.dim)
         self.act = nn.SiLU()
@@ -123,7 +124,7 @@ class ConcatMLP(nn.Module):
         self.label_embedding = nn.Embedding(n_cls + 1, config.temb_dim) if n_cls is not None else None
         dims = [config.dim + config.temb_dim * (1 if n_cls is None else 2), *config.hidden]
         layers: list[nn.Module] = []
-        for a, b in zip(dims[:-1], dims[1:]):
+        for a, b in itertools.pairwise(dims):
             layers += [nn.Linear(a, b), nn.SiLU()]
         self.net = nn.Sequential(*layers, nn.Linear(dims[-1], config.dim))
 

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file, save
 
 from .checkpoint import _atomic_write, load_state, save_json
-from .schedules import NoiseSchedule, ScheduleConfig
+from .schedules import NoiseSchedule
 
 CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
 MAX_BYTES = 10 * 1024 * 1024  # every shipped checkpoint stays under 10 MB

@@ -9,8 +9,9 @@ fused tensor operations. The network is called as ``model(x, t, **model_kwargs)`
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Literal
+from typing import Literal
 
 import numpy as np
 import torch

@@ -8,8 +8,9 @@ named tensors; :meth:`NoiseSchedule.to` makes a float32 copy on the model's devi
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Literal, Sequence
+from typing import Literal
 
 import torch
 
@@ -35,7 +36,7 @@ class ScheduleConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ScheduleConfig":
+    def from_dict(cls, d: dict) -> ScheduleConfig:
         d = dict(d)
         if d.get("betas") is not None:
             d["betas"] = tuple(d["betas"])
@@ -148,7 +149,7 @@ class NoiseSchedule:
     )  # fmt: skip
 
     @classmethod
-    def from_config(cls, config: ScheduleConfig) -> "NoiseSchedule":
+    def from_config(cls, config: ScheduleConfig) -> NoiseSchedule:
         betas = make_betas(
             config.name, config.T, config.beta_1, config.beta_T,
             cosine_s=config.cosine_s, max_beta=config.max_beta, betas=config.betas,
@@ -156,7 +157,7 @@ class NoiseSchedule:
         return cls(betas, config)
 
     @classmethod
-    def create(cls, name: ScheduleName = "linear", T: int = 1000, **kwargs) -> "NoiseSchedule":
+    def create(cls, name: ScheduleName = "linear", T: int = 1000, **kwargs) -> NoiseSchedule:
         """``NoiseSchedule.create("cosine", T=1000)``; keyword arguments as in :class:`ScheduleConfig`."""
         if "betas" in kwargs and kwargs["betas"] is not None:
             kwargs["betas"] = tuple(float(b) for b in torch.as_tensor(kwargs["betas"]).flatten().tolist())
@@ -170,7 +171,7 @@ class NoiseSchedule:
     def dtype(self) -> torch.dtype:
         return self.betas.dtype
 
-    def to(self, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> "NoiseSchedule":
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> NoiseSchedule:
         """A copy with every tensor cast (from the float64 values) and moved to ``device``."""
         new = object.__new__(NoiseSchedule)
         new.config, new.T = self.config, self.T

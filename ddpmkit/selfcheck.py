@@ -26,7 +26,8 @@ def _find(name: str):
 def check(fn) -> None:
     """Check ``fn`` (a function or class a question asks for, found by its name) and print
     the verdict; ``passed(name)`` tells afterwards whether every case matched."""
-    from .grading.spec import SELF_CHECK_SEED, call, expected_outputs, judge_with_hint, scalar_types, to_arrays
+    from .grading.harness import scalar_types
+    from .grading.spec import SELF_CHECK_SEED, call, expected_outputs, judge_with_hint, to_arrays
 
     name = getattr(fn, "__name__", None)
     q = _find(name)
@@ -39,14 +40,14 @@ def check(fn) -> None:
             got, types = to_arrays(out), scalar_types(out)
         except NotImplementedError:
             print(f"… {name}: not implemented yet (replace `raise NotImplementedError` with your code)")
-            return None
-        except Exception as exc:  # the student's bug, reported, not raised
+            return
+        except Exception as exc:  # noqa: BLE001 - the student's bug, reported, not raised
             print(f"✗ {where}: raised {type(exc).__name__}: {exc}")
-            return None
+            return
         ok, msg = judge_with_hint(q, expected_outputs(q, case, seed=k), got, types)
         if not ok:
             print(f"✗ {where}: {msg}")
-            return None
+            return
     print(f"✓ {name}: all {len(cases)} cases match the reference")
     _passed[name] = True
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,8 +20,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .checkpoint import CheckpointError, load_state, save_json, save_state
-from .data import DATASETS, DIMS, load_dataset
+from .checkpoint import load_state, save_json, save_state
+from .data import DATASETS, load_dataset
 from .diffusion import Predictor, check_predictor, diffusion_loss
 from .models import MLPConfig
 from .models import build_model as build_mlp
@@ -93,7 +92,7 @@ class RunConfig:
         }  # fmt: skip
 
     @classmethod
-    def from_dict(cls, d: dict) -> "RunConfig":
+    def from_dict(cls, d: dict) -> RunConfig:
         model_cls = UNetConfig if d.get("arch", "mlp") == "unet" else MLPConfig
         return cls(
             dataset=d["dataset"], model=model_cls.from_dict(d["model"]), cond=d.get("cond", "none"),
@@ -241,7 +240,7 @@ class Trainer:
         }  # fmt: skip
 
     @classmethod
-    def resume(cls, run_dir: str | Path, iterations: int | None = None, download: bool = False) -> "Trainer":
+    def resume(cls, run_dir: str | Path, iterations: int | None = None, download: bool = False) -> Trainer:
         """Rebuild a trainer from ``run_dir`` exactly where it stopped (optionally with a new
         total number of ``iterations``)."""
         cfg = load_run_config(run_dir)

@@ -17,9 +17,7 @@ padded by reflection and the output cropped back, so 8×8, 28×28, 32×32 and 64
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -47,7 +45,7 @@ class UNetConfig:
         return {**asdict(self), "channel_mults": list(self.channel_mults), "attn_levels": list(self.attn_levels)}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "UNetConfig":
+    def from_dict(cls, d: dict) -> UNetConfig:
         return cls(**{**d, "channel_mults": tuple(d["channel_mults"]), "attn_levels": tuple(d["attn_levels"])})
 
 

@@ -6,8 +6,7 @@ import re
 import jupytext
 import nbformat
 import pytest
-
-from make_nbval_refs import CHECK_TAG, OUT, ROOT, assignment_sources, chapters, code_sources
+from make_nbval_refs import CHECK_TAG, OUT, assignment_sources, chapters, code_sources
 
 CHAPTERS = chapters()
 EXECUTED = CHAPTERS + assignment_sources()
@@ -39,8 +38,13 @@ def test_every_figure_has_a_caption(md):
 @pytest.mark.parametrize("md", CHAPTERS, ids=lambda p: p.stem)
 def test_chapters_do_not_redefine_library_code(md):
     nb = jupytext.read(md)
-    defs = [m for c in nb.cells if c.cell_type == "code" for m in re.findall(r"^(?:def|class) (\w+)", c.source, re.M)]
-    import ddpmkit, ddpmkit.diffusion, ddpmkit.samplers, ddpmkit.models, ddpmkit.metrics, ddpmkit.schedules  # noqa: E401
+    defs = [m for c in nb.cells if c.cell_type == "code" for m in re.findall(r"^(?:def|class) (\w+)", c.source, re.MULTILINE)]
+    import ddpmkit
+    import ddpmkit.diffusion
+    import ddpmkit.metrics
+    import ddpmkit.models
+    import ddpmkit.samplers
+    import ddpmkit.schedules
 
     library = set()
     for mod in (ddpmkit, ddpmkit.diffusion, ddpmkit.samplers, ddpmkit.models, ddpmkit.metrics, ddpmkit.schedules):

@@ -9,12 +9,13 @@ from ddpmkit.cli import main
 
 
 def run(*args):
-    return subprocess.run([sys.executable, "-m", "ddpmkit", *map(str, args)], capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "ddpmkit", *map(str, args)], check=False, capture_output=True, text=True)
 
 
 def test_cli_round_trip(tmp_path, capsys):
     run_dir = tmp_path / "run"
-    assert main(["train", "--dataset", "moons", "--out", str(run_dir), "--iterations", "60", "--T", "30", "--hidden", "32", "32", "--no-progress"]) == 0
+    assert main(["train", "--dataset", "moons", "--out", str(run_dir), "--iterations", "60", "--T", "30", "--hidden", "32", "32",
+                 "--no-progress"]) == 0
     assert (run_dir / "config.json").is_file() and (run_dir / "checkpoint.pt").is_file()
     assert main(["sample", str(run_dir), "--n", "64", "--seed", "0", "--out", str(tmp_path / "s.npy"), "--no-progress"]) == 0
     s = np.load(tmp_path / "s.npy")
@@ -23,7 +24,8 @@ def test_cli_round_trip(tmp_path, capsys):
     assert np.array_equal(s, np.load(tmp_path / "s2.npy"))  # seeded
     np.save(tmp_path / "prior.npy", np.random.default_rng(0).standard_normal((16, 2)).astype(np.float32))
     for i in range(2):
-        assert main(["sample", str(run_dir), "--sampler", "deterministic", "--prior", str(tmp_path / "prior.npy"), "--out", str(tmp_path / f"r{i}.npy"), "--no-progress"]) == 0
+        assert main(["sample", str(run_dir), "--sampler", "deterministic", "--prior", str(tmp_path / "prior.npy"),
+                     "--out", str(tmp_path / f"r{i}.npy"), "--no-progress"]) == 0
     assert np.array_equal(np.load(tmp_path / "r0.npy"), np.load(tmp_path / "r1.npy"))
     assert main(["sample", str(run_dir), "--sampler", "ddim", "--steps", "5", "--n", "8", "--out", str(tmp_path / "d.npy"), "--no-progress"]) == 0
     assert main(["data", "moons", "--n", "100", "--seed", "1", "--out", str(tmp_path / "real.npy")]) == 0

@@ -490,7 +490,7 @@ def test_every_withheld_function_exists_and_raises_in_the_sandbox_copy(tmp_path)
                      f"except NotImplementedError as e:\n    assert '{LIB}' in str(e), e\n")
         if "ddpmkit.models.timestep_embedding" not in a.library:  # a helper A2's notebook uses keeps working
             code += "from ddpmkit.models import TimeEmbedding\nimport torch\nprint(TimeEmbedding(4)(torch.arange(3)).shape)\n"
-        proc = subprocess.run([sys.executable, "-s", "-P", "-c", code], env={**os.environ, "PYTHONPATH": str(root)},
+        proc = subprocess.run([sys.executable, "-s", "-P", "-c", code], check=False, env={**os.environ, "PYTHONPATH": str(root)},
                               capture_output=True, text=True, cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert str(root) in proc.stdout and "CALLABLE" not in proc.stdout
@@ -520,3 +520,10 @@ def test_a_sandbox_that_cannot_start_is_never_the_students_fault(tmp_path):
     assert rows["fine"]["points"] == 0 and fb["status"].startswith("grader error: the sandbox could not start"), fb["status"]
     assert "not your notebook's doing" in msgs(fb, "q_sample")
     assert any("a forked run could not start" in n for n in fb["notes"]), fb["notes"]
+
+
+def test_the_sandbox_environment_is_complete():
+    from ddpmkit.grading.sandbox import sandbox_env
+
+    env = sandbox_env("/sandbox", 3)
+    assert env["DDPMKIT_PROFILE"] == "smoke" and env["TQDM_DISABLE"] == "1" and env["PYTHONHASHSEED"] == "0" and env["HOME"] == "/sandbox"

@@ -13,13 +13,12 @@ import os
 
 import numpy as np
 import pytest
-
-from ddpmkit.grading.assignments import ASSIGNMENTS, hidden_cases
-from ddpmkit.grading.notebooks import assignments_dir, grading_meta, student_notebook
-from ddpmkit.grading.spec import call, expected_outputs, judge_with_hint, scalar_types, to_arrays
-
 from grading_variants import CORRECT, WRONG
 
+from ddpmkit.grading.assignments import ASSIGNMENTS, hidden_cases
+from ddpmkit.grading.harness import scalar_types
+from ddpmkit.grading.notebooks import assignments_dir, grading_meta, student_notebook
+from ddpmkit.grading.spec import call, expected_outputs, judge_with_hint, to_arrays
 from ddpmkit.profile import by_profile
 
 # 200 grading seeds (the bar) outside the smoke profile; 5 in smoke, to keep `make test` short

@@ -1,7 +1,6 @@
 """Conditional image training, the classifier and feature-space FID/KID (issue 3 foundations)."""
 
 import json
-import warnings
 
 import numpy as np
 import pytest
@@ -156,7 +155,8 @@ def test_cli_samples_images_in_unit_range(tmp_path):
                  "--guidance", "2", "--out", str(out), "--no-progress"]) == 0  # fmt: skip
     x = np.load(out)
     assert x.shape == (4, 1, 8, 8) and x.min() >= 0 and x.max() <= 1
-    assert main(["sample", str(tmp_path / "run"), "--n", "4", "--sampler", "ddim", "--steps", "2", "--out", str(tmp_path / "g.png"), "--no-progress"]) == 0
+    assert main(["sample", str(tmp_path / "run"), "--n", "4", "--sampler", "ddim", "--steps", "2", "--out", str(tmp_path / "g.png"),
+                 "--no-progress"]) == 0
     assert (tmp_path / "g.png").read_bytes()[:4] == b"\x89PNG"
     assert main(["sample", str(tmp_path / "run"), "--label", "12", "--out", str(out), "--no-progress"]) == 2
 
@@ -187,8 +187,7 @@ def test_training_free_classifier_recovers_the_oracle_label():
 
 
 def test_cli_export_and_classifier_recipe(tmp_path, monkeypatch, capsys):
-    import ddpmkit.images as images
-    import ddpmkit.pretrained as pretrained
+    from ddpmkit import images, pretrained
     from ddpmkit.cli import main
 
     # export: a run folder becomes NAME.safetensors + NAME.json with the guidance weight and notes
@@ -297,7 +296,7 @@ def test_full_profile_retrains_once_and_reuses_the_run(tmp_path, monkeypatch):
 def test_full_profile_evaluator_is_trained_once(tmp_path, monkeypatch):
     from dataclasses import replace
 
-    import ddpmkit.classifier as classifier
+    from ddpmkit import classifier
     from ddpmkit import experiments as ex
 
     monkeypatch.setenv("DDPMKIT_RUNS", str(tmp_path))

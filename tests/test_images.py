@@ -11,7 +11,14 @@ import torch
 
 from ddpmkit.guidance import CFGModel, scale_to_w, w_to_scale
 from ddpmkit.images import (
-    MNIST_HELD_OUT, SHAPE_LABELS, MissingTrainingSplitWarning, load_digits8x8, load_image_folder, load_mnist, make_shapes, read_idx,
+    MNIST_HELD_OUT,
+    SHAPE_LABELS,
+    MissingTrainingSplitWarning,
+    load_digits8x8,
+    load_image_folder,
+    load_mnist,
+    make_shapes,
+    read_idx,
 )  # fmt: skip
 from ddpmkit.samplers import ddim_sample
 from ddpmkit.schedules import NoiseSchedule
@@ -138,7 +145,8 @@ def test_mnist_missing_says_where_to_put_the_files(tmp_path):
 def test_read_idx_rejects_truncated_files(tmp_path, test_split_only):
     import gzip
 
-    data = gzip.open(test_split_only / "MNIST" / "raw" / "t10k-labels-idx1-ubyte.gz").read()
+    with gzip.open(test_split_only / "MNIST" / "raw" / "t10k-labels-idx1-ubyte.gz") as f:
+        data = f.read()
     (tmp_path / "short-idx1-ubyte").write_bytes(data[:500])
     with pytest.raises(ValueError, match="truncated"):
         read_idx(tmp_path / "short-idx1-ubyte")

@@ -2,10 +2,10 @@
 
 import os
 import re
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 import yaml
 
 from ddpmkit.profile import ENV_VAR, get_profile

@@ -51,12 +51,12 @@ def test_derived_quantities():
 @pytest.mark.parametrize(
     "kwargs, word",
     [
-        (dict(name="linear", T=0), "T"),
-        (dict(name="linear", T=10, beta_1=0.0), "beta_1"),
-        (dict(name="linear", T=10, beta_T=1.5), "beta_T"),
-        (dict(name="wiggly", T=10), "name"),
-        (dict(name="custom", T=3, betas=[0.1, 0.2]), "betas"),
-        (dict(name="custom", T=2, betas=[0.1, 1.2]), "betas"),
+        ({"name": "linear", "T": 0}, "T"),
+        ({"name": "linear", "T": 10, "beta_1": 0.0}, "beta_1"),
+        ({"name": "linear", "T": 10, "beta_T": 1.5}, "beta_T"),
+        ({"name": "wiggly", "T": 10}, "name"),
+        ({"name": "custom", "T": 3, "betas": [0.1, 0.2]}, "betas"),
+        ({"name": "custom", "T": 2, "betas": [0.1, 1.2]}, "betas"),
     ],
 )
 def test_bad_arguments_name_the_argument(kwargs, word):

@@ -85,7 +85,9 @@ def test_a_tampered_checkpoint_is_refused_without_running_code(tmp_path):
     marker = tmp_path / "code-ran"
     (tmp_path / "evil.json").write_text(json.dumps(read_info("mnist-classifier")))
     (tmp_path / "evil.safetensors").write_bytes(pickle.dumps(_Payload(marker)))
-    with pytest.raises(Exception):
+    from safetensors import SafetensorError
+
+    with pytest.raises(SafetensorError):
         pretrained.load_pretrained("evil", directory=tmp_path)
     assert not marker.exists()
     with pytest.raises(FileNotFoundError, match="no shipped checkpoint named 'nope'"):

@@ -11,12 +11,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..diffusion import convert, q_posterior, q_sample as lib_q_sample
+from ..diffusion import convert, q_posterior
+from ..diffusion import q_sample as lib_q_sample
 from ..guidance import CFGModel
 from ..metrics import chamfer_distance
-from ..models import TimeLinear as LibTimeLinear, timestep_embedding
+from ..models import TimeLinear as LibTimeLinear
+from ..models import timestep_embedding
 from ..schedules import NoiseSchedule, make_betas
-from ..unet import ResBlock as LibResBlock, UNet, UNetConfig
+from ..unet import ResBlock as LibResBlock
+from ..unet import UNet, UNetConfig
 from .spec import SELF_CHECK_SEED, Assignment, Case, Question, Toy, case_key, materialize
 
 F32 = np.float32

@@ -46,10 +46,11 @@ from .assignments import Assignment, get_assignment, hidden_cases
 from .harness import MAX_OUTPUT, pack_frame, parse_arrays
 from .sandbox import NOT_ISOLATED, FrameError, Isolation, Limits, Session, Zygote, ZygoteError, resolve_isolation
 from .sanitize import sanitized_root
-from .spec import REFERENCE_LOCK, Case, Expected, Question, Toy, encode_cases, expected_outputs, judge_with_hint, materialize, to_arrays
+from .spec import REFERENCE_LOCK, Case, Expected, Question, Toy, encode_case, expected_outputs, judge_with_hint, materialize, to_arrays
 
 CUDA_HINT = " The grader has no GPU: use the device of your inputs (x.device) instead of .cuda() or 'cuda'."
 MAX_RESULT_BYTES = MAX_OUTPUT + (1 << 20)  # a frame larger than this is not read
+FAILED_FILE = "not graded: the grader failed on this file"
 
 
 # ---- 1. probe: the path, before anything is opened ----------------------------------------
@@ -157,7 +158,7 @@ def _frame(blob: bytes) -> tuple[dict, list[np.ndarray]]:
     try:
         header = json.loads(blob[4 : 4 + n])
         if not isinstance(header, dict):
-            raise ValueError("the header is not an object")
+            raise TypeError("the header is not an object")
         return header, parse_arrays(header, blob[4 + n :])
     except (ValueError, TypeError, KeyError, RecursionError) as exc:
         raise FrameError(f"an unreadable frame ({type(exc).__name__}: {str(exc)[:100]})") from None
@@ -187,7 +188,7 @@ def _helper_reply(a: Assignment, name: str, header: dict, arrays: list[np.ndarra
             out = q.reference(*args, **kwargs)
         outs = to_arrays(out)
         return pack_frame({"t": "helper_result", "tuple": isinstance(out, (tuple, list))}, outs)
-    except Exception as exc:  # the student called the helper with arguments the reference cannot take
+    except Exception as exc:  # noqa: BLE001 - the student called the helper with arguments the reference cannot take
         return pack_frame({"t": "helper_error", "error": f"{name} (the grader's reference) could not be called with these arguments: "
                                                          f"{type(exc).__name__}: {str(exc)[:300]}"})
 
@@ -229,19 +230,16 @@ def _run_calls(session: Session, a: Assignment, questions: list[Question], cases
                limits: Limits, seed: int, budget_end: float) -> tuple[str | None, str | None]:
     """One call per case, each answered (or not) before the next. Returns (the question
     during which the run ended, why the frames stopped making sense), or (None, None)."""
-    for qi, q in enumerate(questions):
+    for q in questions:
+        qi = a.questions.index(q)  # the position in the assignment, not in this run: the same after a restart
         q_end = min(budget_end, time.monotonic() + limits.question_timeout)
-        arrays: dict[str, np.ndarray] = {}
-        specs = encode_cases(q, cases[q.name], arrays)
-        keys = list(arrays)
-        index = {key: i for i, key in enumerate(keys)}
-        for k, spec in enumerate(specs):
+        for k, case in enumerate(cases[q.name]):
+            spec, arrays = encode_case(case)
             nonce = secrets.token_hex(16)  # the answer must carry it: nothing written before this call can
             call = {"t": "call", "nonce": nonce, "q": q.name, "case": k, "module": q.module, "grad": q.grad,
                     "uses": list(q.uses), "seed": (seed + 7919 * (qi + 1) + k) % 2**63,
-                    "args": [_reindex(x, index) for x in spec["args"]],
-                    "state": {n: index[v] for n, v in spec.get("state", {}).items()}}
-            if not session.send(pack_frame(call, [arrays[key] for key in keys])):
+                    **spec}
+            if not session.send(pack_frame(call, arrays)):
                 return q.name, None
             try:
                 answer = None
@@ -337,16 +335,6 @@ def run(a: Assignment, plan: notebooks.Plan, cases: dict[str, list[Case]], limit
     return tr
 
 
-def _reindex(spec: dict, index: dict[str, int]) -> dict:
-    """An argument spec with array keys replaced by their position in the frame."""
-    kind, v = next(iter(spec.items()))
-    if kind in ("tensor", "numpy"):
-        return {kind: index[v]}
-    if kind == "toy":
-        return {"toy": {k: (index[w] if w is not None else None) for k, w in v.items()}}
-    return spec
-
-
 # ---- 5. score ------------------------------------------------------------------------------------
 CONFUSABLES = str.maketrans({"а": "a", "е": "e", "о": "o", "р": "p", "с": "c", "у": "y", "х": "x", "і": "i", "ј": "j",
                              "ѕ": "s", "ԁ": "d", "ɡ": "g", "ο": "o", "α": "a", "ν": "v", "ρ": "p", "τ": "t", "ι": "i",
@@ -385,14 +373,15 @@ def case_verdict(q: Question, exp: Expected, ans: Answer) -> tuple[bool, str]:
     if ans.module.startswith("ddpmkit"):
         return False, f"this is the library's {ans.module}.{q.name}, not your code; write the function yourself"
     if ans.mutated:
-        return False, f"it modified its input argument(s) {', '.join(str(i + 1) for i in ans.mutated)} in place; work on copies (x = x + ..., not x += ...)"
+        which = ", ".join(str(i + 1) for i in ans.mutated)
+        return False, f"it modified its input argument(s) {which} in place; work on copies (x = x + ..., not x += ...)"
     if q.grad and ans.grad != "ok" and ans.types[:1] == ["Tensor"]:
         why = "the loss does not require grad (was it detached, computed under torch.no_grad(), or turned into a float?)" if ans.grad == "none" \
             else "back-propagating the loss gives the network's parameters no gradient"
         return False, f"the loss cannot train the network: {why}"
     try:
         return judge_with_hint(q, exp, [np.asarray(x) for x in ans.arrays], ans.types)
-    except Exception as exc:  # malformed arrays are the submission's fault
+    except Exception as exc:  # noqa: BLE001 - malformed arrays are the submission's fault
         return False, f"the output could not be read: {exc}"
 
 
@@ -613,12 +602,12 @@ def grade_batch(
         try:
             try:
                 fb = grade_submission(a, sub, limits, mode, seed, zygote)
-            except Exception as exc:  # never lose the batch to one file: the row says what happened
+            except Exception as exc:  # noqa: BLE001 - never lose the batch to one file: the row says what happened
                 fb = _finish({"student": sub.student, "assignment": a.key, "submission": str(sub.path), "sha256": sub.sha256,
                               "isolation": "bubblewrap" if mode == "bwrap" else NOT_ISOLATED, "seed": seed, "notes": [], "flags": [],
                               "cells": [], "output": ""},
-                             {q.name: QuestionResult(q.name, n, [{"ok": False, "message": "not graded: the grader failed on this file"}] * n)
-                              for q in a.questions for n in [len(q.cases(np.random.default_rng(0)))]}, time.monotonic(),
+                             {q.name: QuestionResult(q.name, q.n_cases, [{"ok": False, "message": FAILED_FILE}] * q.n_cases)
+                              for q in a.questions}, time.monotonic(),
                              f"grader error: {type(exc).__name__}: {str(exc)[:300]}")
             with lock:  # feedback first, then the gradebook row: a crash never leaves a row without its feedback
                 save_json(fb, feedback_dir / f"{fb['student']}.json")

@@ -21,7 +21,7 @@ import ast
 import json
 import re
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import nbformat
@@ -60,7 +60,7 @@ def strip_solutions(source: str, where: str = "cell", keep: bool = False) -> str
 
 
 def defined_names(source: str) -> list[str]:
-    return re.findall(r"^(?:def|class)\s+(\w+)", source, re.M)
+    return re.findall(r"^(?:def|class)\s+(\w+)", source, re.MULTILINE)
 
 
 def cell_questions(meta_or_cell) -> list[str]:
@@ -129,7 +129,7 @@ def build_all(check: bool = False) -> list[str]:
             if not check:
                 from ..checkpoint import _atomic_write
 
-                _atomic_write(out, lambda f: f.write(text.encode()))
+                _atomic_write(out, lambda f, text=text: f.write(text.encode()))
     return stale
 
 
@@ -151,7 +151,8 @@ def read_submission(data: bytes) -> tuple[nbformat.NotebookNode, list[str]]:
     """Parse a submitted notebook's bytes without executing anything. Returns (notebook, notes)."""
     notes: list[str] = []
     if len(data) > MAX_NOTEBOOK_BYTES:
-        raise NotebookError(f"the file is {len(data) / 2**20:.0f} MB, over the {MAX_NOTEBOOK_BYTES >> 20} MB limit; clear the outputs and submit again")
+        raise NotebookError(f"the file is {len(data) / 2**20:.0f} MB, over the {MAX_NOTEBOOK_BYTES >> 20} MB limit; "
+                            "clear the outputs and submit again")
     try:
         raw = json.loads(data.decode("utf-8"))
     except UnicodeDecodeError:
@@ -170,7 +171,7 @@ def read_submission(data: bytes) -> tuple[nbformat.NotebookNode, list[str]]:
         raise NotebookError(f"nbformat {major} is newer than this grader understands (4)")
     try:
         nb = nbformat.reads(data.decode("utf-8"), as_version=4)
-    except Exception as exc:  # nbformat raises many kinds on malformed content (RecursionError included)
+    except Exception as exc:  # noqa: BLE001 - nbformat raises many kinds on malformed content (RecursionError included)
         raise NotebookError(f"not a readable notebook: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}") from None
     if major == 3:
         notes.append("the notebook was in the old nbformat 3; it was converted to nbformat 4 before grading")
@@ -183,12 +184,12 @@ def read_submission(data: bytes) -> tuple[nbformat.NotebookNode, list[str]]:
     return nb, notes
 
 
-@lru_cache(maxsize=None)
+@cache
 def reference_forms_cached(source_path: Path) -> dict[str, tuple[str, int]]:
     return reference_forms(source_path)
 
 
-@lru_cache(maxsize=None)
+@cache
 def release_cached(source_path: Path, mtime_ns: int) -> nbformat.NotebookNode:
     """The released student notebook of a source, parsed once per version of the file (read only)."""
     return student_notebook(source_path)
@@ -258,7 +259,7 @@ def definitions(source: str) -> dict[str, ast.AST]:
         tree = ast.parse(source)
     except SyntaxError:
         return {}
-    imports = sorted((ast.unparse(n) for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))))
+    imports = sorted(ast.unparse(n) for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom)))
     del imports  # imports never make a copy original: only the definitions are compared
     return {n.name: n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
 

@@ -71,7 +71,8 @@ class RunResult:
             sig = -rc if rc < 0 else rc - 128
             name = {signal.SIGSEGV: "a segmentation fault", signal.SIGKILL: "SIGKILL (usually out of memory)",
                     signal.SIGXCPU: f"using more than {limits.cpu_seconds} s of CPU", signal.SIGXFSZ: f"writing a file over {limits.file_mb} MB",
-                    signal.SIGABRT: "an abort (a C library gave up, often out of memory)", signal.SIGBUS: "a bus error"}.get(sig, signal.Signals(sig).name)
+                    signal.SIGABRT: "an abort (a C library gave up, often out of memory)",
+                    signal.SIGBUS: "a bus error"}.get(sig, signal.Signals(sig).name)
             return f"crashed: the process was killed by {name} (signal {sig})"
         return f"ended the process with exit code {rc} (os._exit or a crash in C code)"
 
@@ -149,7 +150,8 @@ def sandbox_env(home: str, seed: int, pythonpath: str | None = None) -> dict[str
         "PATH": "/usr/bin:/bin", "HOME": home, "TMPDIR": "/tmp" if pythonpath is None else home, "LANG": "C.UTF-8",
         "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
         "MPLBACKEND": "Agg", "MPLCONFIGDIR": f"{home}/.mpl", "CUDA_VISIBLE_DEVICES": "",
-        "PYTHONDONTWRITEBYTECODE": "1", "PYTHONHASHSEED": "0",  # the same for every run, forked or not: reproducible set and dict orders "DDPMKIT_PROFILE": "smoke", "TQDM_DISABLE": "1",
+        "PYTHONDONTWRITEBYTECODE": "1", "DDPMKIT_PROFILE": "smoke", "TQDM_DISABLE": "1",
+        "PYTHONHASHSEED": "0",  # the same for every run, forked or not: reproducible set and dict orders
     }
     if pythonpath:
         env["PYTHONPATH"] = pythonpath
@@ -163,7 +165,7 @@ class Session:
     process ended or the deadline passed (``timed_out`` says which). Everything the
     process prints is drained in a thread; the first ``output_kb`` are kept."""
 
-    def __init__(self, root: Path, limits: Limits, isolation: Literal["bwrap", "none"], seed: int, zygote: "Zygote | None" = None):
+    def __init__(self, root: Path, limits: Limits, isolation: Literal["bwrap", "none"], seed: int, zygote: Zygote | None = None):
         self.limits, self.timed_out, self.t0 = limits, False, time.monotonic()
         self.zygote, self.proc, self.scratch = zygote, None, None
         if zygote is not None:  # a forked run: its own namespaces and RAM disks, no new interpreter
@@ -181,7 +183,7 @@ class Session:
                 argv = [sys.executable, "-s", "-P", "-u", str(root / "harness.py"), *harness_args]
                 env, cwd = sandbox_env(str(self.scratch), seed, pythonpath=str(root)), str(self.scratch)
             self.proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                         stderr=subprocess.STDOUT, preexec_fn=_limit_fn(limits), start_new_session=True,
+                                         stderr=subprocess.STDOUT, preexec_fn=_limit_fn(limits), start_new_session=True,  # noqa: PLW1509 - rlimits only
                                          pass_fds=(req_r, res_w))
             os.close(req_r)
             os.close(res_w)
@@ -307,7 +309,7 @@ class Zygote:
         self.limits, self.lock = limits, threading.Lock()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         argv = bwrap_command(root, limits, [sys.executable, "-s", "-P", "-u", "/harness/harness.py", "--zygote", str(theirs.fileno())])
-        self.log = tempfile.TemporaryFile()  # what the zygote itself says, for an error message
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115 - open for the zygote's life: what it says, for an error message
         self.proc = subprocess.Popen(argv, env=sandbox_env("/sandbox", 0), stdin=subprocess.DEVNULL, stdout=self.log,
                                      stderr=subprocess.STDOUT, start_new_session=True, pass_fds=(theirs.fileno(),))
         theirs.close()

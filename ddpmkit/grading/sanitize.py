@@ -16,7 +16,7 @@ import ast
 import shutil
 import tempfile
 import weakref
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import ddpmkit
@@ -72,7 +72,7 @@ def blank_source(source: str, qualnames: dict[str, str], where: str) -> str:
     return ast.unparse(ast.fix_missing_locations(tree)) + "\n"
 
 
-@lru_cache(maxsize=None)
+@cache
 def sanitized_root(library: tuple[str, ...]) -> Path:
     """A folder holding ``ddpmkit/`` (the withheld copy) and ``harness.py``; made once per
     process and per set of withheld functions, removed when the process exits."""

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
 from .harness import invoke, output_arrays, toy_model_class
-from .harness import scalar_types as scalar_types  # re-exported for the self-checks
 from .tolerance import RUNS, RoundingNoise, perturb_input, tolerance
 
 ToyModel = toy_model_class()
@@ -66,6 +66,11 @@ class Question:
     grad: bool = False  # the output must carry gradients to the stand-in network's parameters (a training loss)
     argmin: tuple[int, int] | None = None  # (labels output, scores output): a label whose score ties the best counts
 
+    @property
+    def n_cases(self) -> int:
+        """Cases per grading (one point each); the same for every seed."""
+        return len(self.cases(np.random.default_rng(0)))
+
 
 @dataclass(frozen=True)
 class Assignment:
@@ -83,7 +88,7 @@ class Assignment:
 
     @property
     def max_points(self) -> int:
-        return sum(len(q.cases(np.random.default_rng(0))) for q in self.questions)
+        return sum(q.n_cases for q in self.questions)
 
 
 def materialize(a, dtype: torch.dtype | None = None, rng: np.random.Generator | None = None):
@@ -259,13 +264,14 @@ def judge_with_hint(q: Question, exp: Expected, got: list[np.ndarray], types: li
 
 
 # ---- transport of inputs to the sandbox: a JSON index and raw bytes, never a pickle ----------
-def encode_cases(q: Question, cases: list[Case], arrays: dict[str, np.ndarray]) -> list[dict]:
-    """The JSON plan of ``cases``; every array goes into ``arrays`` under a fresh key."""
+def encode_case(case: Case) -> tuple[dict, list[np.ndarray]]:
+    """The JSON description of one call and the arrays it carries; an array argument is
+    described by its position in that list (``harness.main`` reads it back)."""
+    arrays: list[np.ndarray] = []
 
-    def put(a: np.ndarray) -> str:
-        key = f"a{len(arrays)}"
-        arrays[key] = np.ascontiguousarray(a)
-        return key
+    def put(a: np.ndarray) -> int:
+        arrays.append(np.ascontiguousarray(a))
+        return len(arrays) - 1
 
     def spec(a):
         if isinstance(a, np.ndarray):
@@ -277,7 +283,5 @@ def encode_cases(q: Question, cases: list[Case], arrays: dict[str, np.ndarray]) 
         json.dumps(a)  # a plain value must be JSON
         return {"value": a}
 
-    return [
-        {"args": [spec(a) for a in c.args], **({"state": {k: put(v) for k, v in c.state.items()}} if c.state else {})}
-        for c in cases
-    ]
+    args = [spec(a) for a in case.args]
+    return {"args": args, "state": {k: put(v) for k, v in (case.state or {}).items()}}, arrays

@@ -71,8 +71,8 @@ def _magnitude(func, args, kwargs, out: torch.Tensor) -> torch.Tensor:
             dim = args[1] % out.dim()
             idx = torch.arange(1, out.shape[dim] + 1, dtype=out.dtype).reshape([-1 if d == dim else 1 for d in range(out.dim())])
             return out.abs() * idx.sqrt() if func is _A.cumprod.default else torch.cumsum(args[0].abs(), dim) * idx.sqrt()
-    except Exception:  # an unusual call signature: fall back to the elementwise bound
-        pass
+    except (RuntimeError, TypeError, ValueError, IndexError):  # an unusual call signature: the elementwise bound
+        return out.abs()
     return out.abs()
 
 
