@@ -114,10 +114,8 @@ def call(q: Question, fn, case: Case, dtype: torch.dtype | None = None, rng: np.
     """Call ``fn`` (a function or, for a module question, a class) on ``case``."""
     state = {k: materialize(v, dtype, rng) for k, v in (case.state or {}).items()}
     args = [materialize(a, dtype, rng) for a in case.args]
-    if q.module and dtype is torch.float64:
-        obj = fn(*args[0]).double()
-        obj.load_state_dict(state)
-        return obj(*args[1:])
+    if q.module and dtype is torch.float64:  # the module in float64 before its weights are loaded
+        return invoke(lambda *init: fn(*init).double(), args, state, module=True)
     return invoke(fn, args, state, q.module)
 
 
