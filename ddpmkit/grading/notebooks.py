@@ -63,10 +63,6 @@ def defined_names(source: str) -> list[str]:
     return re.findall(r"^(?:def|class)\s+(\w+)", source, re.MULTILINE)
 
 
-def cell_questions(meta_or_cell) -> list[str]:
-    return grading_meta(meta_or_cell).get("questions", [])
-
-
 def cell_kind(cell) -> str | None:
     kinds = [t for t in cell.metadata.get("tags", []) if t in KINDS]
     return kinds[0] if kinds else None
@@ -259,8 +255,7 @@ def definitions(source: str) -> dict[str, ast.AST]:
         tree = ast.parse(source)
     except SyntaxError:
         return {}
-    imports = sorted(ast.unparse(n) for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom)))
-    del imports  # imports never make a copy original: only the definitions are compared
+    # only the definitions are compared: imports, their order and comments never make a copy original
     return {n.name: n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
 
 
