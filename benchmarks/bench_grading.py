@@ -20,10 +20,10 @@ from pathlib import Path
 import nbformat
 
 from ddpmkit.checkpoint import save_json
+from ddpmkit.common import hardware
 from ddpmkit.grading.grader import grade_batch
 from ddpmkit.grading.notebooks import assignments_dir, grading_meta, student_notebook
 from ddpmkit.grading.sandbox import resolve_isolation
-from ddpmkit.train import hardware
 
 
 def main() -> None:

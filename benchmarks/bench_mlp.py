@@ -19,10 +19,11 @@ from pathlib import Path
 import torch
 
 from ddpmkit.checkpoint import save_json
-from ddpmkit.experiments import run_config
+from ddpmkit.common import hardware
+from ddpmkit.experiments.vector import run_config
 from ddpmkit.samplers import ddpm_sample
 from ddpmkit.schedules import NoiseSchedule
-from ddpmkit.train import Trainer, hardware
+from ddpmkit.train import Trainer
 
 
 def main() -> None:

@@ -16,11 +16,12 @@ from pathlib import Path
 import torch
 
 from ddpmkit.checkpoint import save_json
+from ddpmkit.common import hardware
 from ddpmkit.guidance import CFGModel
 from ddpmkit.recipes import mnist_cfg
 from ddpmkit.samplers import ddim_sample
 from ddpmkit.schedules import NoiseSchedule
-from ddpmkit.train import Trainer, hardware
+from ddpmkit.train import Trainer
 
 
 def main() -> None:

@@ -132,44 +132,6 @@ def train_classifier(
     return model.eval()
 
 
-def train_evaluator(recipe: str, seed: int = 0, download: bool = False, progress: bool = True) -> tuple[ImageClassifier, dict]:
-    """Run an evaluator recipe and score it on held-out data. Returns ``(model, metadata)``.
-
-    * ``mnist-classifier``: MNIST's training split (or, offline, the test split minus its
-      fixed 1,000 held-out images), scored on the held-out images;
-    * ``shapes-evaluator``: 20,000 generated shapes (seed ``seed``), scored on 1,000 drawn
-      with another seed.
-    """
-    import time
-
-    from .images import load_mnist, make_shapes
-    from .train import hardware
-
-    if recipe == "mnist-classifier":
-        cfg = ClassifierConfig(seed=seed)
-        train, held = load_mnist("train", download=download), load_mnist("eval", download=download)
-    elif recipe == "shapes-evaluator":
-        cfg = shapes_evaluator_config(seed=seed)
-        train, held = make_shapes(20000, seed=seed), make_shapes(1000, seed=seed + 10_000)
-    else:
-        raise ValueError(f"unknown evaluator recipe {recipe!r}; choose 'mnist-classifier' or 'shapes-evaluator'")
-    t0 = time.perf_counter()
-    clf = train_classifier(train.images, train.labels, cfg, progress=progress)
-    scores = multilabel_accuracy(clf, held.images, held.labels) if cfg.multilabel else {"accuracy": accuracy(clf, held.images, held.labels)}
-    meta = {"data": train.source, "evaluated_on": held.source, "held_out": scores, "seed": seed,
-            "wall_time_s": round(time.perf_counter() - t0, 1), "hardware": hardware()}  # fmt: skip
-    return clf, meta
-
-
-def export_evaluator(recipe: str, out_dir, seed: int = 0, download: bool = False, progress: bool = True):
-    """Train an evaluator recipe and write ``OUT_DIR/RECIPE.safetensors`` + ``.json`` (the
-    shipped-checkpoint format). Returns ``(weights path, metadata)``."""
-    from .pretrained import export_module
-
-    clf, meta = train_evaluator(recipe, seed=seed, download=download, progress=progress)
-    return export_module(clf, recipe, "classifier", clf.config.to_dict(), meta, out_dir=out_dir), meta
-
-
 @torch.no_grad()
 def predict(model: ImageClassifier, images: torch.Tensor, batch: int = 500) -> torch.Tensor:
     """Predicted classes (N,), or for a multi-label model the multi-hot prediction (N, L)
@@ -198,12 +160,15 @@ def multilabel_accuracy(model: ImageClassifier, images: torch.Tensor, labels: to
     """
     if not model.config.multilabel:
         raise ValueError("multilabel_accuracy() needs a multi-label model (ClassifierConfig(multilabel=True))")
-    pred, y = predict(model, images), labels.float()
-    hits = (pred * y).sum()
+    from torchmetrics.functional.classification import multilabel_accuracy as accuracy_of
+    from torchmetrics.functional.classification import multilabel_exact_match, multilabel_recall
+
+    pred, y = predict(model, images), labels.long()  # (N, L) each
+    L = y.shape[1]
     return {
-        "label_recall": float(hits / y.sum().clamp_min(1)),
-        "exact": float((pred == y).all(1).float().mean()),
-        "per_label": float((pred == y).float().mean()),
+        "label_recall": float(multilabel_recall(pred, y, num_labels=L, average="micro", threshold=0.5)),
+        "exact": float(multilabel_exact_match(pred, y, num_labels=L, threshold=0.5)),
+        "per_label": float(accuracy_of(pred, y, num_labels=L, average="micro", threshold=0.5)),
     }
 
 

@@ -10,6 +10,7 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
+from typing import get_args
 
 EXAMPLES = """examples:
   ddpmkit train --dataset swiss_roll --out runs/swiss      # KAIST A1 set-up, ~25 s on 2 CPU cores
@@ -32,6 +33,14 @@ def _positive_int(s: str) -> int:
 
 
 def _dataset(s: str) -> str:
+    from .data import vector_datasets
+
+    if s not in vector_datasets():
+        raise argparse.ArgumentTypeError(f"unknown vector dataset {s!r}; choose one of {', '.join(vector_datasets())}")
+    return s
+
+
+def _train_dataset(s: str) -> str:
     from .data import DATASETS
 
     if s not in DATASETS:
@@ -39,55 +48,66 @@ def _dataset(s: str) -> str:
     return s
 
 
-def _train_dataset(s: str) -> str:
-    from .data import DATASETS
-    from .train import IMAGE_DATASETS
+def _default(section: str, name: str):
+    """The default of a run-config field, read from its dataclass (never restated here)."""
+    from .models import MLPConfig
+    from .schedules import ScheduleConfig
+    from .train import TrainConfig
 
-    if s not in DATASETS + IMAGE_DATASETS:
-        raise argparse.ArgumentTypeError(f"unknown dataset {s!r}; choose one of {', '.join(DATASETS + IMAGE_DATASETS)}")
-    return s
+    cls = {"train": TrainConfig, "schedule": ScheduleConfig, "model": MLPConfig}[section]
+    f = cls.__dataclass_fields__[name]
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .data import DATASETS
+    from .data import CONDITIONINGS, DATASETS, vector_datasets
     from .diffusion import PREDICTORS
+    from .models import ModelKind
+    from .recipes import CLASSIFIER_RECIPES, RECIPES
+    from .samplers import SAMPLERS, SPACINGS, VARIANCES
     from .schedules import SCHEDULES
 
+    ddim = SAMPLERS["ddim"].options
     p = argparse.ArgumentParser(
         prog="ddpmkit", description="Train, sample and evaluate DDPMs (the DDPM course companion).",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    t = sub.add_parser("train", help="train a DDPM on a vector data set", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    t.add_argument("--dataset", type=_train_dataset, default="swiss_roll",
-                   help=f"one of {', '.join(DATASETS)}, mnist, digits8x8, shapes (default swiss_roll)")
-    t.add_argument("--recipe", default=None,
-                   help="a named recipe (mnist-cfg, shapes-cfg, swiss-roll, mnist-classifier, shapes-evaluator): "
-                        "its whole config; --iterations/--seed/--device still apply")
-    t.add_argument("--cond", choices=("none", "class", "multi"), default=None,
+    t = sub.add_parser("train", help="train a DDPM on a data set (vector or image)", epilog=EXAMPLES,
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="A run starts from the data set's config (or a --recipe, or the saved run with --resume); "
+                                   "every flag given overrides that config, and a flag the run cannot honour is refused.")
+    t.add_argument("--dataset", type=_train_dataset, default=None, help=f"one of {', '.join(DATASETS)} (default swiss_roll, or the recipe's)")
+    t.add_argument("--recipe", default=None, choices=(*RECIPES, *CLASSIFIER_RECIPES), help="a named recipe: its whole config, then the flags given")
+    t.add_argument("--cond", choices=CONDITIONINGS, default=None,
                    help="conditioning (default: class for mnist/digits8x8, multi for shapes, none for vector sets; "
-                        "class works for moons, circles, eight_gaussians, digits64)")
+                        "class works for the labelled vector sets too)")
     t.add_argument("--out", required=True, type=Path, help="run folder to create (config.json, checkpoint.pt)")
-    t.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped (only --iterations/--device may change)")
     t.add_argument("--download", action="store_true", help="mnist: let torchvision download the data set into $DDPMKIT_DATA (needs internet)")
-    t.add_argument("--iterations", type=_positive_int, default=None, help="optimizer steps (default 5000)")
-    t.add_argument("--batch-size", type=_positive_int, default=128)
-    t.add_argument("--lr", type=float, default=1e-3)
-    t.add_argument("--weight-decay", type=float, default=0.0)
-    t.add_argument("--warmup", type=int, default=200)
-    t.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm, 0 to disable")
-    t.add_argument("--ema-decay", type=float, default=0.995, help="0 to disable EMA")
-    t.add_argument("--predictor", choices=PREDICTORS, default="eps")
-    t.add_argument("--model", choices=("timelinear", "concat"), default="timelinear")
-    t.add_argument("--hidden", type=_positive_int, nargs="+", default=[128, 128, 128])
-    t.add_argument("--schedule", choices=[s for s in SCHEDULES if s != "custom"], default="linear")
-    t.add_argument("--T", type=_positive_int, default=1000, help="diffusion steps")
-    t.add_argument("--beta-1", type=float, default=1e-4)
-    t.add_argument("--beta-T", type=float, default=0.02)
-    t.add_argument("--label-dropout", type=float, default=0.1, help="conditional runs: P(label -> null token), for guidance")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    t.add_argument("--iterations", type=_positive_int, default=None, help=f"optimizer steps (default {_default('train', 'iterations')})")
+    t.add_argument("--batch-size", type=_positive_int, default=None, help=f"default {_default('train', 'batch_size')}")
+    t.add_argument("--lr", type=float, default=None, help=f"peak learning rate (default {_default('train', 'lr')})")
+    t.add_argument("--weight-decay", type=float, default=None, help=f"AdamW weight decay (default {_default('train', 'weight_decay')})")
+    t.add_argument("--warmup", type=int, default=None, help=f"linear warm-up steps (default {_default('train', 'warmup')})")
+    t.add_argument("--grad-clip", type=float, default=None, help=f"max gradient norm, 0 to disable (default {_default('train', 'grad_clip')})")
+    t.add_argument("--ema-decay", type=float, default=None, help=f"0 to disable EMA (default {_default('train', 'ema_decay')})")
+    t.add_argument("--predictor", choices=PREDICTORS, default=None, help=f"what the network predicts (default {_default('train', 'predictor')})")
+    t.add_argument("--model", choices=get_args(ModelKind), default=None, help=f"vector sets: the MLP (default {_default('model', 'kind')})")
+    widths = " ".join(map(str, _default("model", "hidden")))
+    t.add_argument("--hidden", type=_positive_int, nargs="+", default=None, help=f"vector sets: MLP widths (default {widths})")
+    t.add_argument("--schedule", choices=[n for n, sp in SCHEDULES.items() if "betas" not in sp.params], default=None,
+                   help=f"β schedule (default {_default('schedule', 'name')})")
+    t.add_argument("--T", type=_positive_int, default=None, help=f"diffusion steps (default {_default('schedule', 'T')})")
+    t.add_argument("--beta-1", type=float, default=None, help=f"first β (default {_default('schedule', 'beta_1')})")
+    t.add_argument("--beta-T", type=float, default=None, help=f"last β (default {_default('schedule', 'beta_T')})")
+    t.add_argument("--label-dropout", type=float, default=None,
+                   help=f"conditional runs: P(label -> null token), for guidance (default {_default('train', 'label_dropout')})")
+    t.add_argument("--n-train", type=_positive_int, default=None,
+                   help=f"size of the fixed training draw; not for mnist/digits8x8, which use the whole set (default {_default('train', 'n_train')})")
+    t.add_argument("--seed", type=int, default=None, help=f"default {_default('train', 'seed')}")
+    t.add_argument("--device", default=None, help=f"cpu, cuda, cuda:N or auto (default {_default('train', 'device')})")
     t.add_argument("--no-progress", action="store_true")
 
     s = sub.add_parser("sample", help="sample from a trained run", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -100,11 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--n", type=_positive_int, default=2048, help="number of samples")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", type=Path, required=True, help=".npy file for the (n, dim) or (n, C, H, W) samples; .png writes an image grid")
-    s.add_argument("--sampler", choices=("ddpm", "deterministic", "ddim"), default="ddpm")
-    s.add_argument("--variance", choices=("beta", "beta_tilde"), default="beta", help="σ² of ancestral DDPM")
-    s.add_argument("--steps", type=_positive_int, default=50, help="DDIM steps")
-    s.add_argument("--eta", type=float, default=0.0, help="DDIM η")
-    s.add_argument("--spacing", choices=("leading", "trailing", "linspace"), default="leading")
+    s.add_argument("--sampler", choices=SAMPLERS, default="ddpm", help="; ".join(f"{k}: {v.description}" for k, v in SAMPLERS.items()))
+    s.add_argument("--variance", choices=VARIANCES, default=None, help=f"σ² of ddpm/deterministic (default {SAMPLERS['ddpm'].options['variance']})")
+    s.add_argument("--steps", type=_positive_int, default=None, help=f"ddim: steps (default {ddim['steps']})")
+    s.add_argument("--eta", type=float, default=None, help=f"ddim: η (default {ddim['eta']})")
+    s.add_argument("--spacing", choices=SPACINGS, default=None, help=f"ddim: which steps (default {ddim['spacing']})")
     s.add_argument("--prior", type=Path, default=None, help=".npy prior noise x_T of shape (n, dim) (overrides --n)")
     s.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA")
     s.add_argument("--device", default="cpu")
@@ -117,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--note", action="append", default=[], help="KEY=VALUE facts to record (e.g. measured accuracy); repeatable")
 
     d = sub.add_parser("data", help="draw points from a data set")
-    d.add_argument("dataset", type=_dataset)
+    d.add_argument("dataset", type=_dataset, help=f"a vector set: {', '.join(vector_datasets())}")
     d.add_argument("--n", type=_positive_int, default=2048)
     d.add_argument("--seed", type=int, default=1)
     d.add_argument("--out", type=Path, required=True)
@@ -180,57 +200,53 @@ def _assign(a) -> int:
 
 
 def _train(a) -> int:
-    from .data import DIMS
-    from .models import MLPConfig
-    from .recipes import CLASSIFIER_RECIPES
-    from .schedules import ScheduleConfig
-    from .train import RunConfig, TrainConfig, Trainer
+    from .common import CHECKPOINT_FILE
+    from .recipes import CLASSIFIER_RECIPES, for_dataset, get_recipe
+    from .train import OVERRIDES, Trainer, apply_overrides, flag
 
+    overrides = {k: getattr(a, k) for k in OVERRIDES if getattr(a, k) is not None}
     if a.recipe in CLASSIFIER_RECIPES:
-        return _train_classifier(a)
+        return _train_classifier(a, overrides)
     if a.resume:
-        tr = Trainer.resume(a.out, a.iterations, download=a.download)
-    elif (a.out / "checkpoint.pt").exists():
+        given = [f for f, v in (("--recipe", a.recipe), ("--dataset", a.dataset), ("--cond", a.cond)) if v is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} cannot change a resumed run; drop them (the run keeps its saved config)")
+        tr = Trainer.resume(a.out, download=a.download, **overrides)  # refuses any override a resumed run cannot take
+        cfg = tr.config
+    elif (a.out / CHECKPOINT_FILE).exists():
         raise ValueError(f"{a.out} already holds a run; pass --resume to continue it or choose another --out")
-    elif a.recipe or a.dataset not in DIMS:
-        from .recipes import get_recipe
-
-        cfg = get_recipe(a.recipe) if a.recipe else _image_config(a)
-        if a.iterations:
-            cfg.train.iterations = a.iterations
-        cfg.train.seed, cfg.train.device = a.seed, a.device
-        tr = Trainer(cfg, a.out, download=a.download)
+    elif a.recipe:
+        cfg = get_recipe(a.recipe)
+        for name, value, have in (("--dataset", a.dataset, cfg.dataset), ("--cond", a.cond, cfg.cond)):
+            if value is not None and value != have:
+                raise ValueError(f"the {a.recipe} recipe trains on {cfg.dataset} with cond={cfg.cond}; {name} {value} would change "
+                                 f"what the recipe is. Drop {name}, or start from the data set (--dataset without --recipe)")
+        cfg = apply_overrides(cfg, overrides)
     else:
-        from .data import NUM_CLASSES
-
-        if a.cond == "multi":
-            raise ValueError("--cond multi needs the shapes set; vector data sets take --cond class or none")
-        if a.cond == "class" and a.dataset not in NUM_CLASSES:
-            raise ValueError(f"--cond class needs a labelled data set ({', '.join(NUM_CLASSES)}); {a.dataset} has no classes")
-        n_cls = NUM_CLASSES[a.dataset] if a.cond == "class" else None
-        cfg = RunConfig(
-            dataset=a.dataset, cond=a.cond or "none",
-            model=MLPConfig(kind=a.model, dim=DIMS[a.dataset], hidden=tuple(a.hidden), num_classes=n_cls),
-            schedule=ScheduleConfig(name=a.schedule, T=a.T, beta_1=a.beta_1, beta_T=a.beta_T),
-            train=TrainConfig(
-                iterations=a.iterations or 5000, batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay,
-                warmup=a.warmup, grad_clip=a.grad_clip, ema_decay=a.ema_decay, predictor=a.predictor,
-                seed=a.seed, device=a.device, label_dropout=a.label_dropout,
-            ),
-        )  # fmt: skip
-        tr = Trainer(cfg, a.out)
+        cfg = apply_overrides(for_dataset(a.dataset or "swiss_roll", a.cond), overrides)
+    if a.download and cfg.dataset != "mnist":
+        raise ValueError(f"{flag('download')} only fetches MNIST; {cfg.dataset} needs no download")
+    if not a.resume:
+        tr = Trainer(cfg, a.out, download=a.download)
     tr.train(progress=not a.no_progress)
     last = tr.losses[-100:]
     print(json.dumps({"run": str(a.out), "step": tr.step, "final_loss": float(sum(last) / max(1, len(last))), "wall_time_s": round(tr.wall_time, 2)}))
     return 0
 
 
-def _train_classifier(a) -> int:
+def _train_classifier(a, overrides: dict) -> int:
     """The evaluator recipes (mnist-classifier, shapes-evaluator): train, report held-out
-    accuracy, save ``OUT/NAME.safetensors`` + ``OUT/NAME.json``."""
-    from .classifier import export_evaluator
+    accuracy, save ``OUT/NAME.safetensors`` + ``OUT/NAME.json``. Their config is a
+    ``ClassifierConfig``; of the run flags only ``--seed`` applies."""
+    from .pretrained import export_evaluator
+    from .train import flag
 
-    path, meta = export_evaluator(a.recipe, a.out, seed=a.seed, download=a.download, progress=not a.no_progress)
+    refused = [flag(k) for k in overrides if k != "seed"]
+    refused += [f for f, v in (("--dataset", a.dataset), ("--cond", a.cond), ("--resume", a.resume)) if v]
+    if refused:
+        raise ValueError(f"the evaluator recipe {a.recipe} takes only --seed and --download (its config is a ClassifierConfig); "
+                         f"drop {', '.join(refused)}")
+    path, meta = export_evaluator(a.recipe, a.out, seed=overrides.get("seed", 0), download=a.download, progress=not a.no_progress)
     print(json.dumps({"written": str(path), "held_out": meta["held_out"]}))
     return 0
 
@@ -249,23 +265,6 @@ def _export(a) -> int:
     path = export_run(a.run, a.name, extra)
     print(f"wrote {path} and {path.with_suffix('.json')} ({path.stat().st_size / 2**20:.2f} MB)")
     return 0
-
-
-def _image_config(a):
-    """An image run from --dataset/--cond: the mnist-cfg recipe's network, resized to the data."""
-    from .images import SHAPE_LABELS
-    from .recipes import mnist_cfg
-
-    cfg = mnist_cfg()
-    cfg.dataset = a.dataset
-    cfg.cond = a.cond or ("multi" if a.dataset == "shapes" else "class")
-    m = cfg.model
-    m.in_channels = 3 if a.dataset == "shapes" else 1
-    m.num_classes = 10 if cfg.cond == "class" else None
-    m.num_labels = len(SHAPE_LABELS) if cfg.cond == "multi" else None
-    if a.dataset == "digits8x8":
-        m.channel_mults, m.attn_levels = (1, 2), (1,)
-    return cfg
 
 
 def _load_for_sampling(a):
@@ -320,19 +319,15 @@ def _sample(a) -> int:
     import torch
 
     from .checkpoint import save_npy
+    from .data import dataset_spec
     from .guidance import CFGModel
-    from .samplers import ddim_sample, ddpm_sample
-    from .train import IMAGE_SIZES
-    from .unet import UNetConfig
+    from .samplers import sample
 
     model, sched, cfg, info = _load_for_sampling(a)
-    image = isinstance(cfg.model, UNetConfig)
-    if image:
-        side = IMAGE_SIZES[cfg.dataset]
-        shape: tuple[int, ...] = (a.n, cfg.model.in_channels, side, side)
-        clip = (-1.0, 1.0)
-    else:
-        shape, clip = (a.n, cfg.model.dim), None
+    spec = dataset_spec(cfg.dataset)
+    image = spec.kind == "image"
+    shape = (a.n, *spec.shape)
+    clip = (-1.0, 1.0) if image else None  # images live in [-1, 1]
     x_T = None
     if a.prior is not None:
         if not a.prior.is_file():
@@ -346,11 +341,9 @@ def _sample(a) -> int:
     elif a.guidance is not None:
         raise ValueError("--guidance needs a conditional model (trained with --cond class or multi)")
     gen = torch.Generator().manual_seed(a.seed)
-    common = {"x_T": x_T, "predictor": cfg.train.predictor, "generator": gen, "progress": not a.no_progress, "clip_x0": clip}
-    if a.sampler == "ddim":
-        out = ddim_sample(model, sched, shape, steps=a.steps, eta=a.eta, spacing=a.spacing, **common)
-    else:
-        out = ddpm_sample(model, sched, shape, variance=a.variance, stochastic=a.sampler == "ddpm", **common)
+    options = {k: getattr(a, k) for k in ("variance", "steps", "eta", "spacing") if getattr(a, k) is not None}
+    out = sample(a.sampler, model, sched, shape, x_T=x_T, predictor=cfg.train.predictor, generator=gen,
+                 progress=not a.no_progress, clip_x0=clip, **options)  # refuses an option the sampler does not take
     x = out.x.cpu()
     if image:
         x = ((x.clamp(-1, 1) + 1) / 2)  # pixel values in [0, 1]
@@ -381,15 +374,16 @@ def _data(a) -> int:
 def _evaluate(a) -> int:
     import numpy as np
 
-    from .data import DIMS, load_dataset
+    from .data import dataset_spec, load_dataset
     from .metrics import evaluate_samples
 
     if not a.samples.is_file():
         raise FileNotFoundError(f"samples file {a.samples} does not exist")
     x = np.load(a.samples)
     ref = np.load(a.reference) if a.reference else load_dataset(a.dataset, a.n_ref, a.seed)
-    if x.ndim != 2 or x.shape[1] != DIMS[a.dataset]:
-        raise ValueError(f"samples must have shape (n, {DIMS[a.dataset]}) for {a.dataset}, got {x.shape}")
+    dim = dataset_spec(a.dataset).shape[0]
+    if x.ndim != 2 or x.shape[1] != dim:
+        raise ValueError(f"samples must have shape (n, {dim}) for {a.dataset}, got {x.shape}")
     res = {"dataset": a.dataset, **evaluate_samples(x, ref, bandwidth=a.bandwidth)}
     print(json.dumps(res, indent=2))
     return 0

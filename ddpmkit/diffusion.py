@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -16,12 +16,19 @@ import torch.nn.functional as F
 from .schedules import NoiseSchedule, extract
 
 Predictor = Literal["eps", "x0", "mean", "v"]
-PREDICTORS: tuple[str, ...] = ("eps", "x0", "mean", "v")
+PREDICTORS: tuple[str, ...] = get_args(Predictor)  # the one list of predictor names
 
 
-def check_predictor(predictor: str) -> None:
+def check_predictor(predictor: str, schedule: NoiseSchedule | None = None) -> None:
+    """Refuse an unknown predictor, or ε-prediction on a schedule with ᾱ_T = 0 (at t = T the
+    input is pure noise, so ε̂ says nothing about x0: x̂0 = (x_T - ε̂)/0; Lin et al. 2024 §3.2)."""
     if predictor not in PREDICTORS:
         raise ValueError(f"unknown predictor={predictor!r}; choose one of {', '.join(PREDICTORS)}")
+    if predictor == "eps" and schedule is not None and schedule.zero_terminal_snr:
+        raise ValueError(
+            f"predictor='eps' cannot be used with the zero-terminal-SNR schedule {schedule.config.name!r}: "
+            "x0 = (x_T - √(1-ᾱ_T) ε)/√ᾱ_T divides by √ᾱ_T = 0; choose predictor 'v', 'x0' or 'mean' (Lin et al. 2024 use v)"
+        )
 
 
 def randn(shape, generator: torch.Generator | None, device, dtype=torch.float32) -> torch.Tensor:
@@ -67,8 +74,8 @@ def x0_from_eps(s: NoiseSchedule, x_t, t, eps):
 
 
 def eps_from_x0(s: NoiseSchedule, x_t, t, x0):
-    """ε̂ = (x_t - √ᾱ_t x̂0)/√(1-ᾱ_t), eq. (4) solved for ε."""
-    return (extract(s.sqrt_recip_alphas_cumprod, t, x_t) * x_t - x0) / extract(s.sqrt_recipm1_alphas_cumprod, t, x_t)
+    """ε̂ = (x_t - √ᾱ_t x̂0)/√(1-ᾱ_t), eq. (4) solved for ε (finite at a zero terminal SNR too)."""
+    return (x_t - extract(s.sqrt_alphas_cumprod, t, x_t) * x0) / extract(s.sqrt_one_minus_alphas_cumprod, t, x_t)
 
 
 def v_target(s: NoiseSchedule, x0, eps, t):

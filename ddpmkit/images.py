@@ -45,19 +45,24 @@ def _to_unit(x: np.ndarray | torch.Tensor, scale: float) -> torch.Tensor:
 
 
 def read_idx(path: Path) -> np.ndarray:
-    """Read an IDX file (MNIST's format), gzipped or not."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
-    magic = int.from_bytes(data[0:4], "big")
-    if magic >> 8 != 0x08:  # 0x08: unsigned byte
-        raise ValueError(f"{path} is not an unsigned-byte IDX file (magic {magic:#x}); is it corrupt?")
-    ndim = magic & 0xFF
-    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    arr = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
-    if arr.size != int(np.prod(shape)):
-        raise ValueError(f"{path} is truncated: expected {int(np.prod(shape))} values, found {arr.size}")
-    return arr.reshape(shape)
+    """Read an IDX file (MNIST's format), gzipped or not, with torchvision's reader
+    (``read_sn3_pascalvincent_tensor``); a corrupt or truncated file is named in the error."""
+    import tempfile
+
+    from torchvision.datasets.mnist import read_sn3_pascalvincent_tensor
+
+    def read(p: str) -> np.ndarray:
+        try:
+            return read_sn3_pascalvincent_tensor(p, strict=True).numpy()
+        except (AssertionError, KeyError, RuntimeError, ValueError) as e:  # torchvision asserts on bad headers and sizes
+            raise ValueError(f"{path} is not a readable IDX file (truncated or corrupt?): {e or type(e).__name__}") from None
+
+    if path.suffix != ".gz":
+        return read(str(path))
+    with gzip.open(path, "rb") as f, tempfile.NamedTemporaryFile(suffix=path.stem) as tmp:
+        tmp.write(f.read())
+        tmp.flush()
+        return read(tmp.name)
 
 
 def _find(raw: Path, stem: str) -> Path | None:

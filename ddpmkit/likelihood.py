@@ -20,8 +20,9 @@ from collections.abc import Callable
 import torch
 from tqdm.auto import tqdm
 
+from .common import model_device
 from .diffusion import Predictor, convert, q_posterior, q_sample, randn
-from .samplers import Variance, _check_variance, _model_device
+from .samplers import Variance, _check_variance
 from .schedules import NoiseSchedule
 
 
@@ -58,7 +59,7 @@ def elbo_terms(
     (total / (D ln 2), D the number of dimensions of one sample).
     """
     _check_variance(variance)
-    device = _model_device(model)
+    device = model_device(model)
     s64 = schedule.to(device, torch.float64)
     s = schedule.to(device)
     x0 = x0.to(device=device, dtype=torch.float32)

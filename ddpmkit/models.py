@@ -20,7 +20,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import asdict, dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import nn
@@ -81,6 +81,18 @@ class MLPConfig:
     freq_dim: int = 256  # sinusoidal features fed to each time MLP (timelinear) (KAIST: 256)
     temb_dim: int = 128  # time-embedding width concatenated to x (concat) (CS726: 128)
     num_classes: int | None = None  # class-conditional with K classes (+1 null token); None: unconditional
+
+    def __post_init__(self):
+        self.hidden = tuple(self.hidden)
+        if self.kind not in get_args(ModelKind):
+            raise ValueError(f"unknown model kind={self.kind!r}; choose one of {', '.join(get_args(ModelKind))}")
+        for name in ("dim", "freq_dim", "temb_dim"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {name}={getattr(self, name)!r}")
+        if not self.hidden or any(not isinstance(h, int) or h < 1 for h in self.hidden):
+            raise ValueError(f"hidden must be one or more positive integers, got hidden={self.hidden!r}")
+        if self.num_classes is not None and self.num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1 or None, got num_classes={self.num_classes!r}")
 
     def to_dict(self) -> dict:
         return {**asdict(self), "hidden": list(self.hidden)}
@@ -162,12 +174,3 @@ def _labels(config: MLPConfig, y: torch.Tensor | None, batch: int, device: torch
             f"({config.num_classes} is the null token), got shape {tuple(y.shape)}"
         )
     return y
-
-
-def build_model(config: MLPConfig) -> nn.Module:
-    """The network named by ``config.kind``."""
-    if config.kind == "timelinear":
-        return TimeLinearMLP(config)
-    if config.kind == "concat":
-        return ConcatMLP(config)
-    raise ValueError(f"unknown model kind={config.kind!r}; choose 'timelinear' or 'concat'")

@@ -9,13 +9,19 @@ reads them; ``export_run`` makes one from a training run folder.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save
 
-from .checkpoint import _atomic_write, load_state, save_json
+from . import images
+from .checkpoint import load_state, save_json
+from .classifier import ClassifierConfig, ImageClassifier, accuracy, multilabel_accuracy, shapes_evaluator_config, train_classifier
+from .common import CHECKPOINT_FILE, CONFIG_FILE, METADATA_FILE, atomic_write, hardware
+from .networks import build_model
 from .schedules import NoiseSchedule
+from .train import RunConfig
 
 CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
 MAX_BYTES = 10 * 1024 * 1024  # every shipped checkpoint stays under 10 MB
@@ -29,7 +35,7 @@ def available() -> list[str]:
 def _save_weights(state: dict, path: Path) -> None:
     """Write tensors as safetensors, atomically (the same mechanism as every checkpoint)."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
-    _atomic_write(path, lambda f: f.write(save(tensors)))
+    atomic_write(path, lambda f: f.write(save(tensors)))
     if path.stat().st_size > MAX_BYTES:
         raise ValueError(f"{path.name} is {path.stat().st_size / 2**20:.1f} MB, over the 10 MB limit for shipped checkpoints")
 
@@ -37,9 +43,9 @@ def _save_weights(state: dict, path: Path) -> None:
 def export_run(run_dir: str | Path, name: str, extra: dict | None = None, out_dir: Path = CHECKPOINT_DIR) -> Path:
     """Write the EMA weights of a run as ``NAME.safetensors`` plus ``NAME.json``."""
     run_dir = Path(run_dir)
-    cfg = json.loads((run_dir / "config.json").read_text())
-    meta = json.loads((run_dir / "metadata.json").read_text())
-    state = load_state(run_dir / "checkpoint.pt")
+    cfg = json.loads((run_dir / CONFIG_FILE).read_text())
+    meta = json.loads((run_dir / METADATA_FILE).read_text())
+    state = load_state(run_dir / CHECKPOINT_FILE)
     out_dir.mkdir(parents=True, exist_ok=True)
     _save_weights(state["ema"] if state.get("ema") is not None else state["model"], out_dir / f"{name}.safetensors")
     curve = loss_curve(state["losses"].tolist())
@@ -78,16 +84,47 @@ def load_pretrained(name: str, device: str = "cpu", directory: Path = CHECKPOINT
     info = read_info(name, directory)
     weights = load_file(str(directory / f"{name}.safetensors"), device=device)
     if info["kind"] == "diffusion":
-        from .train import RunConfig, build_model
-
         cfg = RunConfig.from_dict(info["config"])
         model = build_model(cfg.model)
         model.load_state_dict(weights)
         return model.to(device).eval(), NoiseSchedule.from_config(cfg.schedule), info
     if info["kind"] == "classifier":
-        from .classifier import ClassifierConfig, ImageClassifier
-
         model = ImageClassifier(ClassifierConfig.from_dict(info["config"]))
         model.load_state_dict(weights)
         return model.to(device).eval(), None, info
     raise ValueError(f"{name}.json has unknown kind {info['kind']!r}")
+
+
+# --- the evaluator recipes ----------------------------------------------------------------
+
+
+def train_evaluator(recipe: str, seed: int = 0, download: bool = False, progress: bool = True) -> tuple[ImageClassifier, dict]:
+    """Run an evaluator recipe and score it on held-out data. Returns ``(model, metadata)``.
+
+    * ``mnist-classifier``: MNIST's training split (or, offline, the test split minus its
+      fixed 1,000 held-out images), scored on the held-out images;
+    * ``shapes-evaluator``: 20,000 generated shapes (seed ``seed``), scored on 1,000 drawn
+      with another seed.
+    """
+
+    if recipe == "mnist-classifier":
+        cfg = ClassifierConfig(seed=seed)
+        train, held = images.load_mnist("train", download=download), images.load_mnist("eval", download=download)
+    elif recipe == "shapes-evaluator":
+        cfg = shapes_evaluator_config(seed=seed)
+        train, held = images.make_shapes(20000, seed=seed), images.make_shapes(1000, seed=seed + 10_000)
+    else:
+        raise ValueError(f"unknown evaluator recipe {recipe!r}; choose 'mnist-classifier' or 'shapes-evaluator'")
+    t0 = time.perf_counter()
+    clf = train_classifier(train.images, train.labels, cfg, progress=progress)
+    scores = multilabel_accuracy(clf, held.images, held.labels) if cfg.multilabel else {"accuracy": accuracy(clf, held.images, held.labels)}
+    meta = {"data": train.source, "evaluated_on": held.source, "held_out": scores, "seed": seed,
+            "wall_time_s": round(time.perf_counter() - t0, 1), "hardware": hardware()}  # fmt: skip
+    return clf, meta
+
+
+def export_evaluator(recipe: str, out_dir, seed: int = 0, download: bool = False, progress: bool = True):
+    """Train an evaluator recipe and write ``OUT_DIR/RECIPE.safetensors`` + ``.json`` (the
+    shipped-checkpoint format). Returns ``(weights path, metadata)``."""
+    clf, meta = train_evaluator(recipe, seed=seed, download=download, progress=progress)
+    return export_module(clf, recipe, "classifier", clf.config.to_dict(), meta, out_dir=out_dir), meta

@@ -1,10 +1,16 @@
-"""Named training recipes: the exact configs behind the shipped checkpoints.
+"""Named training recipes (the exact configs behind the shipped checkpoints), and the
+config a run starts from when only a data set is named.
 
-``ddpmkit train --recipe NAME --out RUN_DIR`` trains one from scratch.
+``ddpmkit train --recipe NAME --out RUN_DIR`` trains one from scratch;
+``ddpmkit train --dataset NAME`` starts from :func:`for_dataset`. Flags then override
+either through :func:`ddpmkit.train.apply_overrides`.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
+from .data import dataset_spec
 from .models import MLPConfig
 from .schedules import ScheduleConfig
 from .train import RunConfig, TrainConfig
@@ -50,6 +56,24 @@ RECIPES = {"mnist-cfg": mnist_cfg, "shapes-cfg": shapes_cfg, "swiss-roll": swiss
 # the evaluator classifiers are recipes of the CLI too (``ddpmkit train --recipe NAME --out DIR``
 # writes DIR/NAME.safetensors + .json): see ddpmkit.classifier
 CLASSIFIER_RECIPES = ("mnist-classifier", "shapes-evaluator")
+
+
+def for_dataset(dataset: str, cond: str | None = None) -> RunConfig:
+    """The config a run on ``dataset`` starts from: the KAIST A1 MLP for a vector set, the
+    mnist-cfg recipe's UNet fitted to an image set (its channels, classes or labels, and two
+    levels for 8×8 images). ``cond`` defaults to the set's (``DatasetSpec.default_cond``)."""
+    spec = dataset_spec(dataset)
+    cond = cond or spec.default_cond
+    if cond not in spec.conditionings:
+        raise ValueError(f"--cond {cond} does not fit {dataset}, which allows {', '.join(spec.conditionings)}")
+    classes = spec.num_classes if cond == "class" else None
+    if spec.kind == "vector":
+        return RunConfig(dataset=dataset, cond=cond, model=MLPConfig(dim=spec.shape[0], num_classes=classes))
+    base = mnist_cfg()
+    unet = dataclasses.replace(base.model, in_channels=spec.shape[0], num_classes=classes, num_labels=spec.num_labels if cond == "multi" else None)
+    if spec.shape[-1] <= 8:  # two levels: 8 -> 4 pixels at the bottom
+        unet = dataclasses.replace(unet, channel_mults=(1, 2), attn_levels=(1,))
+    return dataclasses.replace(base, dataset=dataset, cond=cond, model=unet)
 
 
 def get_recipe(name: str) -> RunConfig:

@@ -9,19 +9,24 @@ fused tensor operations. The network is called as ``model(x, t, **model_kwargs)`
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from functools import partial
+from typing import Literal, get_args
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .common import model_device
 from .diffusion import Predictor, check_predictor, convert, randn
 from .schedules import NoiseSchedule
 
 Variance = Literal["beta", "beta_tilde"]
 Spacing = Literal["leading", "trailing", "linspace"]
+VARIANCES: tuple[str, ...] = get_args(Variance)
+SPACINGS: tuple[str, ...] = get_args(Spacing)
 
 
 @dataclass
@@ -41,15 +46,8 @@ def _prior(shape, x_T, generator, device) -> torch.Tensor:
     return randn(tuple(shape), generator, device)
 
 
-def _model_device(model) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except (AttributeError, StopIteration):
-        return torch.device("cpu")
-
-
 def _check_variance(variance: str) -> None:
-    if variance not in ("beta", "beta_tilde"):
+    if variance not in VARIANCES:
         raise ValueError(f"unknown variance={variance!r}; choose 'beta' (σ²=β_t) or 'beta_tilde' (σ²=β̃_t)")
 
 
@@ -81,9 +79,9 @@ def ddpm_sample(
     ``stochastic=False`` is the deterministic "reproduce" sampler of the CS726 report
     (000_…): z = 0 at every step, so the same ``x_T`` always gives the same samples.
     """
-    check_predictor(predictor)
+    check_predictor(predictor, schedule)
     _check_variance(variance)
-    device = _model_device(model)
+    device = model_device(model)
     s = schedule.to(device)  # float32 copy of every coefficient on the model's device
     sigma = (s.betas if variance == "beta" else s.posterior_variance).sqrt()  # (T,)
     kwargs = model_kwargs or {}
@@ -155,10 +153,10 @@ def ddim_sample(
 
     η = 0 is deterministic; η = 1 with S = T is ancestral DDPM with σ² = β̃_t.
     """
-    check_predictor(predictor)
+    check_predictor(predictor, schedule)
     if eta < 0:
         raise ValueError(f"eta must be >= 0, got eta={eta!r}")
-    device = _model_device(model)
+    device = model_device(model)
     s = schedule.to(device)
     ts = torch.as_tensor(ddim_timesteps(s.T, steps, spacing), device=device)  # (S,) descending
     abar = s.alphas_cumprod[ts]  # (S,)
@@ -183,3 +181,60 @@ def ddim_sample(
             out.trajectory.append(x.cpu()), out.timesteps.append(int(ts[i + 1]) if i + 1 < len(ts) else -1)
     out.x = x
     return out
+
+
+# --- the registry ------------------------------------------------------------------------
+
+# Keyword arguments every sampler takes; anything else a sampler takes is one of its options.
+COMMON_ARGS = frozenset({"x_T", "predictor", "clip_x0", "generator", "record_every", "progress", "model_kwargs"})
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    """A registered sampler: a function ``fn(model, schedule, shape, **common, **options)``
+    returning a :class:`SampleOutput`, and a one-line description. Its options and their
+    defaults are read from ``fn``'s signature, so they are written once."""
+
+    fn: Callable[..., SampleOutput]
+    description: str
+
+    @property
+    def options(self) -> dict[str, object]:
+        """The sampler's own options with their defaults, e.g. ``{"steps": 50, "eta": 0.0, ...}``."""
+        fixed = self.fn.keywords if isinstance(self.fn, partial) else {}
+        params = inspect.signature(self.fn).parameters.values()
+        return {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY and p.name not in COMMON_ARGS and p.name not in fixed}
+
+
+SAMPLERS: dict[str, SamplerSpec] = {}
+
+
+def register_sampler(name: str, fn: Callable[..., SampleOutput], description: str) -> None:
+    """Add a sampler to :data:`SAMPLERS`: the CLI's ``--sampler``, :func:`sample` and the
+    contract tests (``tests/test_contracts.py``) pick it up at once."""
+    if name in SAMPLERS:
+        raise ValueError(f"a sampler named {name!r} is already registered")
+    SAMPLERS[name] = SamplerSpec(fn, description)
+
+
+register_sampler("ddpm", partial(ddpm_sample, stochastic=True), "ancestral sampling, Algorithm 2 of Ho et al. (2020), T steps")
+register_sampler("deterministic", partial(ddpm_sample, stochastic=False), "Algorithm 2 with z = 0 (the CS726 'reproduce' sampler), T steps")
+register_sampler("ddim", ddim_sample, "DDIM (Song et al. 2021) over a subsequence of steps; η = 0 is deterministic")
+
+
+def sample(sampler: str, model: Callable[..., torch.Tensor], schedule: NoiseSchedule, shape: tuple[int, ...] | None = None,
+           **kwargs) -> SampleOutput:  # fmt: skip
+    """Run the registered ``sampler`` by name: ``sample("ddim", model, schedule, (n, 2), steps=20)``.
+
+    ``kwargs`` are the arguments every sampler takes (``x_T``, ``predictor``, ``clip_x0``,
+    ``generator``, ``record_every``, ``progress``, ``model_kwargs``) and the sampler's own
+    options (:attr:`SamplerSpec.options`). An option the sampler does not take is refused.
+    """
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler={sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    spec = SAMPLERS[sampler]
+    unknown = sorted(set(kwargs) - COMMON_ARGS - set(spec.options))
+    if unknown:
+        takes = ", ".join(spec.options) or "no options"
+        raise ValueError(f"sampler {sampler!r} does not take {', '.join(unknown)} (it takes {takes}); drop it or choose another sampler")
+    return spec.fn(model, schedule, shape, **kwargs)

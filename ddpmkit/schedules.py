@@ -8,27 +8,46 @@ named tensors; :meth:`NoiseSchedule.to` makes a float32 copy on the model's devi
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Literal
 
 import torch
 
-ScheduleName = Literal["linear", "quadratic", "cosine", "sigmoid", "custom"]
-SCHEDULES: tuple[str, ...] = ("linear", "quadratic", "cosine", "sigmoid", "custom")
+ScheduleName = str  # a key of SCHEDULES (the registry below is the one list of names)
 
 
 @dataclass
 class ScheduleConfig:
-    """How to build a :class:`NoiseSchedule`; stored with every run."""
+    """How to build a :class:`NoiseSchedule`; stored with every run. Checked on creation."""
 
-    name: ScheduleName = "linear"  # one of SCHEDULES
+    name: ScheduleName = "linear"  # a registered schedule: one of SCHEDULES
     T: int = 1000  # number of diffusion steps (Ho et al. use 1000)
-    beta_1: float = 1e-4  # first variance, linear/quadratic/sigmoid (Ho et al.)
-    beta_T: float = 0.02  # last variance, linear/quadratic/sigmoid (Ho et al.)
+    beta_1: float = 1e-4  # first variance, linear/quadratic/sigmoid/zero_snr (Ho et al.)
+    beta_T: float = 0.02  # last variance, linear/quadratic/sigmoid/zero_snr (Ho et al.)
     cosine_s: float = 0.008  # offset s of the cosine schedule (Nichol & Dhariwal 2021)
     max_beta: float = 0.999  # cosine betas are clipped here (Nichol & Dhariwal 2021)
     betas: tuple[float, ...] | None = None  # user-given betas, only with name="custom"
+
+    def __post_init__(self):
+        if self.name not in SCHEDULES:
+            raise ValueError(f"unknown schedule name={self.name!r}; choose one of {', '.join(SCHEDULES)}")
+        if not isinstance(self.T, int) or isinstance(self.T, bool) or self.T < 1:
+            raise ValueError(f"T must be an integer >= 1, got T={self.T!r}")
+        params = SCHEDULES[self.name].params
+        for arg in ("beta_1", "beta_T"):
+            if arg in params and not (0.0 < float(getattr(self, arg)) < 1.0):
+                raise ValueError(f"{arg} must lie in (0, 1), got {arg}={getattr(self, arg)!r}")
+        if "max_beta" in params and not (0.0 < self.max_beta < 1.0):
+            raise ValueError(f"max_beta must lie in (0, 1), got max_beta={self.max_beta!r}")
+        if "cosine_s" in params and self.cosine_s < 0:
+            raise ValueError(f"cosine_s must be >= 0, got cosine_s={self.cosine_s!r}")
+        if "betas" in params:
+            if self.betas is None:
+                raise ValueError(f"name={self.name!r} needs betas=[...] (one value per step)")
+            if len(self.betas) != self.T:
+                raise ValueError(f"betas has {len(self.betas)} values but T={self.T}; give exactly T betas")
+        elif self.betas is not None:
+            raise ValueError(f"betas=[...] is only read by the 'custom' schedule, not by name={self.name!r}")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -43,6 +62,89 @@ class ScheduleConfig:
         return cls(**d)
 
 
+# --- the registry ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ScheduleSpec:
+    """A registered schedule: how to compute β_1..β_T from a config, and which fields it reads."""
+
+    betas: Callable[[ScheduleConfig], torch.Tensor]  # config -> float64 (T,) betas
+    params: tuple[str, ...]  # the ScheduleConfig fields it reads besides T
+    description: str  # one line, with the source
+
+
+SCHEDULES: dict[str, ScheduleSpec] = {}
+
+
+def register_schedule(name: str, params: tuple[str, ...], description: str):
+    """Decorator: add ``fn(config) -> betas`` to :data:`SCHEDULES` under ``name``. A registered
+    schedule is reachable from ``ScheduleConfig``, ``make_betas``, the CLI's ``--schedule`` and
+    the contract tests (``tests/test_contracts.py``) at once."""
+
+    def add(fn):
+        if name in SCHEDULES:
+            raise ValueError(f"a schedule named {name!r} is already registered")
+        SCHEDULES[name] = ScheduleSpec(fn, params, description)
+        return fn
+
+    return add
+
+
+def _ramp(T: int) -> torch.Tensor:
+    """(t-1)/(T-1) for t = 1..T, float64 (zero when T = 1)."""
+    return torch.linspace(0.0, 1.0, T, dtype=torch.float64) if T > 1 else torch.zeros(1, dtype=torch.float64)
+
+
+@register_schedule("linear", ("beta_1", "beta_T"), "β_t = β_1 + (t-1)/(T-1) (β_T - β_1) (Ho et al. 2020)")
+def _linear(c: ScheduleConfig) -> torch.Tensor:
+    return c.beta_1 + _ramp(c.T) * (c.beta_T - c.beta_1)
+
+
+@register_schedule("quadratic", ("beta_1", "beta_T"), "β_t = (√β_1 + (t-1)/(T-1) (√β_T - √β_1))² (KAIST 'quad')")
+def _quadratic(c: ScheduleConfig) -> torch.Tensor:
+    return (math.sqrt(c.beta_1) + _ramp(c.T) * (math.sqrt(c.beta_T) - math.sqrt(c.beta_1))) ** 2
+
+
+@register_schedule("cosine", ("cosine_s", "max_beta"), "ᾱ(t) = f(t)/f(0), f(t) = cos²((t/T + s)/(1 + s) · π/2), β clipped (Nichol & Dhariwal eq. 17)")
+def _cosine(c: ScheduleConfig) -> torch.Tensor:
+    t = torch.arange(c.T + 1, dtype=torch.float64)
+    f = torch.cos((t / c.T + c.cosine_s) / (1 + c.cosine_s) * math.pi / 2) ** 2
+    abar = f / f[0]
+    return torch.clamp(1.0 - abar[1:] / abar[:-1], max=c.max_beta)
+
+
+@register_schedule("sigmoid", ("beta_1", "beta_T"), "β_t = β_1 + (β_T - β_1) σ(-6 + 12 (t-1)/(T-1)) (CS726 report)")
+def _sigmoid(c: ScheduleConfig) -> torch.Tensor:
+    return c.beta_1 + (c.beta_T - c.beta_1) * torch.sigmoid(-6.0 + 12.0 * _ramp(c.T))
+
+
+@register_schedule("custom", ("betas",), "the given betas")
+def _custom(c: ScheduleConfig) -> torch.Tensor:
+    return torch.as_tensor(c.betas, dtype=torch.float64).flatten()
+
+
+def rescale_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
+    """Lin et al. (2024), "Common Diffusion Noise Schedules and Sample Steps are Flawed",
+    Algorithm 1: shift and scale √ᾱ_t so that √ᾱ_T = 0 (SNR 0 at the last step: x_T is
+    pure noise, as sampling assumes) while √ᾱ_1 is kept; returns the new betas (β_T = 1).
+    Applies to any schedule's betas."""
+    betas = torch.as_tensor(betas, dtype=torch.float64)
+    if betas.numel() < 2:
+        raise ValueError("the zero-terminal-SNR rescaling needs T >= 2 (it keeps ᾱ_1 and zeroes ᾱ_T)")
+    sqrt_abar = torch.cumprod(1.0 - betas, 0).sqrt()  # (T,)
+    first, last = sqrt_abar[0].clone(), sqrt_abar[-1].clone()
+    sqrt_abar = (sqrt_abar - last) * first / (first - last)  # 1. shift to 0 at T, 2. scale to keep t = 1
+    abar = sqrt_abar**2
+    alphas = torch.cat([abar[:1], abar[1:] / abar[:-1]])  # 3. back to α_t = ᾱ_t/ᾱ_{t-1}
+    return 1.0 - alphas
+
+
+@register_schedule("zero_snr", ("beta_1", "beta_T"), "linear rescaled to zero terminal SNR (Lin et al. 2024, Alg. 1); needs v, x0 or mean prediction")
+def _zero_snr(c: ScheduleConfig) -> torch.Tensor:
+    return rescale_zero_terminal_snr(_linear(c))
+
+
 def make_betas(
     name: ScheduleName,
     T: int,
@@ -53,47 +155,26 @@ def make_betas(
     max_beta: float = 0.999,
     betas: Sequence[float] | torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Return β_1..β_T as a float64 tensor of shape (T,).
+    """Return β_1..β_T as a float64 tensor of shape (T,), from the registered schedule ``name``:
 
     * linear:    β_t = β_1 + (t-1)/(T-1) (β_T - β_1)                      (Ho et al. 2020)
     * quadratic: β_t = (√β_1 + (t-1)/(T-1) (√β_T - √β_1))²                 (KAIST "quad")
     * cosine:    ᾱ(t) = f(t)/f(0), f(t) = cos²((t/T + s)/(1 + s) · π/2),
                  β_t = min(1 - ᾱ(t)/ᾱ(t-1), max_beta)                      (Nichol & Dhariwal eq. 17)
     * sigmoid:   β_t = β_1 + (β_T - β_1) σ(-6 + 12 (t-1)/(T-1))             (CS726 report)
+    * zero_snr:  linear, rescaled so that ᾱ_T = 0                           (Lin et al. 2024)
     * custom:    the given ``betas``.
+
+    Every β_t lies in (0, 1); only the last may equal 1 (a zero terminal SNR).
     """
-    if not isinstance(T, int) or isinstance(T, bool) or T < 1:
-        raise ValueError(f"T must be an integer >= 1, got T={T!r}")
-    if name not in SCHEDULES:
-        raise ValueError(f"unknown schedule name={name!r}; choose one of {', '.join(SCHEDULES)}")
-    if name in ("linear", "quadratic", "sigmoid"):
-        for arg, val in (("beta_1", beta_1), ("beta_T", beta_T)):
-            if not (0.0 < float(val) < 1.0):
-                raise ValueError(f"{arg} must lie in (0, 1), got {arg}={val!r}")
-    ramp = torch.linspace(0.0, 1.0, T, dtype=torch.float64) if T > 1 else torch.zeros(1, dtype=torch.float64)
-    if name == "linear":
-        out = beta_1 + ramp * (beta_T - beta_1)
-    elif name == "quadratic":
-        out = (math.sqrt(beta_1) + ramp * (math.sqrt(beta_T) - math.sqrt(beta_1))) ** 2
-    elif name == "sigmoid":
-        out = beta_1 + (beta_T - beta_1) * torch.sigmoid(-6.0 + 12.0 * ramp)
-    elif name == "cosine":
-        if not (0.0 < max_beta < 1.0):
-            raise ValueError(f"max_beta must lie in (0, 1), got max_beta={max_beta!r}")
-        if cosine_s < 0:
-            raise ValueError(f"cosine_s must be >= 0, got cosine_s={cosine_s!r}")
-        t = torch.arange(T + 1, dtype=torch.float64)
-        f = torch.cos((t / T + cosine_s) / (1 + cosine_s) * math.pi / 2) ** 2
-        abar = f / f[0]
-        out = torch.clamp(1.0 - abar[1:] / abar[:-1], max=max_beta)
-    else:  # custom
-        if betas is None:
-            raise ValueError("name='custom' needs betas=[...] (one value per step)")
-        out = torch.as_tensor(betas, dtype=torch.float64).flatten()
-        if out.numel() != T:
-            raise ValueError(f"betas has {out.numel()} values but T={T}; give exactly T betas")
-    if not torch.isfinite(out).all() or (out <= 0).any() or (out >= 1).any():
-        raise ValueError(f"betas must all lie in (0, 1); got min {out.min().item():.3g}, max {out.max().item():.3g}")
+    if betas is not None:
+        betas = tuple(float(b) for b in torch.as_tensor(betas, dtype=torch.float64).flatten().tolist())
+    config = ScheduleConfig(name=name, T=T, beta_1=beta_1, beta_T=beta_T, cosine_s=cosine_s, max_beta=max_beta, betas=betas)
+    out = SCHEDULES[name].betas(config)
+    if not torch.isfinite(out).all() or (out <= 0).any() or (out[:-1] >= 1).any() or out[-1] > 1:
+        raise ValueError(
+            f"betas must lie in (0, 1) (only the last may be 1); got min {out.min().item():.3g}, max {out.max().item():.3g}"
+        )
     return out
 
 
@@ -162,6 +243,11 @@ class NoiseSchedule:
         if "betas" in kwargs and kwargs["betas"] is not None:
             kwargs["betas"] = tuple(float(b) for b in torch.as_tensor(kwargs["betas"]).flatten().tolist())
         return cls.from_config(ScheduleConfig(name=name, T=T, **kwargs))
+
+    @property
+    def zero_terminal_snr(self) -> bool:
+        """True when ᾱ_T = 0: x_T is pure noise (Lin et al. 2024); ε-prediction cannot serve it."""
+        return bool(self.alphas_cumprod[-1] == 0)
 
     @property
     def device(self) -> torch.device:

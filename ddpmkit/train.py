@@ -11,9 +11,8 @@ from __future__ import annotations
 import copy
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
@@ -21,34 +20,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .checkpoint import load_state, save_json, save_state
-from .data import DATASETS, load_dataset
+from .common import CHECKPOINT_FILE, CONFIG_FILE, METADATA_FILE, hardware, resolve_device
+from .data import Conditioning, dataset_spec, load_training_data
 from .diffusion import Predictor, check_predictor, diffusion_loss
 from .models import MLPConfig
-from .models import build_model as build_mlp
-from .schedules import NoiseSchedule, ScheduleConfig
-from .unet import UNet, UNetConfig
-
-IMAGE_DATASETS: tuple[str, ...] = ("mnist", "digits8x8", "shapes")
-IMAGE_SIZES = {"mnist": 28, "digits8x8": 8, "shapes": 32}  # side of the square images of each set
-Conditioning = Literal["none", "class", "multi"]
-
-CONFIG_FILE, CHECKPOINT_FILE, METADATA_FILE = "config.json", "checkpoint.pt", "metadata.json"
-
-
-def hardware() -> str:
-    """The machine in words, for checkpoint metadata."""
-    import os
-    import platform
-
-    if torch.cuda.is_available():
-        return f"{torch.cuda.get_device_name()} (CUDA), {os.cpu_count()} CPU cores"
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, no GPU used"
+from .networks import ModelConfig, build_model, config_from_dict, config_to_dict
+from .schedules import SCHEDULES, NoiseSchedule, ScheduleConfig
+from .unet import UNetConfig
 
 
 class NonFiniteLossError(RuntimeError):
@@ -73,63 +51,65 @@ class TrainConfig:
     checkpoint_every: int = 1000  # steps between checkpoints (the last step always saves)
     label_dropout: float = 0.1  # conditional runs: P(label -> null token), for guidance (Ho & Salimans: 0.1-0.2)
 
+    def __post_init__(self):
+        for name in ("iterations", "batch_size", "n_train", "checkpoint_every"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {name}={getattr(self, name)!r}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got lr={self.lr!r}")
+        if self.warmup < 0 or self.weight_decay < 0 or self.grad_clip < 0:
+            raise ValueError(f"warmup, weight_decay and grad_clip must be >= 0, got {self.warmup}, {self.weight_decay}, {self.grad_clip}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must lie in [0, 1) (0 disables EMA), got ema_decay={self.ema_decay!r}")
+        if not 0.0 <= self.label_dropout < 1.0:
+            raise ValueError(f"label_dropout must lie in [0, 1), got label_dropout={self.label_dropout!r}")
+        check_predictor(self.predictor)
+
 
 @dataclass
 class RunConfig:
     """Everything needed to rebuild a run: data, network, conditioning, schedule, optimization."""
 
-    dataset: str = "swiss_roll"  # a vector set (ddpmkit.data.DATASETS) or an image set (IMAGE_DATASETS)
-    model: MLPConfig | UNetConfig = field(default_factory=MLPConfig)  # the network
+    dataset: str = "swiss_roll"  # a registered data set (ddpmkit.data.DATASETS), vector or image
+    model: ModelConfig = field(default_factory=MLPConfig)  # the network: an MLP for vectors, a UNet for images
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)  # β schedule, T = 1000, 1e-4 → 0.02
     train: TrainConfig = field(default_factory=TrainConfig)  # optimization
     cond: Conditioning = "none"  # "class" (labels 0..K-1), "multi" (multi-hot) or "none"
 
+    def __post_init__(self):
+        """The parts must fit each other and the data set (checked again by every ``replace``)."""
+        spec = dataset_spec(self.dataset)
+        if self.cond not in spec.conditionings:
+            raise ValueError(f"cond={self.cond!r} does not fit {self.dataset}, which allows {', '.join(spec.conditionings)}")
+        want = UNetConfig if spec.kind == "image" else MLPConfig
+        if not isinstance(self.model, want):
+            raise TypeError(f"{self.dataset} is a {spec.kind} set: its network is configured by {want.__name__}, not {type(self.model).__name__}")
+        m = self.model
+        size = m.in_channels if isinstance(m, UNetConfig) else m.dim
+        if size != spec.shape[0]:
+            unit = "channels" if spec.kind == "image" else "dimensions"
+            raise ValueError(f"the network takes {size} {unit} but {self.dataset} has {spec.shape[0]}")
+        classes, labels = getattr(m, "num_classes", None), getattr(m, "num_labels", None)
+        if (classes, labels) != (spec.num_classes if self.cond == "class" else None, spec.num_labels if self.cond == "multi" else None):
+            raise ValueError(
+                f"cond={self.cond!r} on {self.dataset} needs a network with num_classes="
+                f"{spec.num_classes if self.cond == 'class' else None} and num_labels={spec.num_labels if self.cond == 'multi' else None}; "
+                f"this one has num_classes={classes}, num_labels={labels}"
+            )
+        check_predictor(self.train.predictor, NoiseSchedule.from_config(self.schedule))
+
     def to_dict(self) -> dict:
-        arch = "unet" if isinstance(self.model, UNetConfig) else "mlp"
         return {
-            "dataset": self.dataset, "arch": arch, "model": self.model.to_dict(), "cond": self.cond,
+            "dataset": self.dataset, **config_to_dict(self.model), "cond": self.cond,
             "schedule": self.schedule.to_dict(), "train": asdict(self.train),
         }  # fmt: skip
 
     @classmethod
     def from_dict(cls, d: dict) -> RunConfig:
-        model_cls = UNetConfig if d.get("arch", "mlp") == "unet" else MLPConfig
         return cls(
-            dataset=d["dataset"], model=model_cls.from_dict(d["model"]), cond=d.get("cond", "none"),
+            dataset=d["dataset"], model=config_from_dict(d.get("arch", "mlp"), d["model"]), cond=d.get("cond", "none"),
             schedule=ScheduleConfig.from_dict(d["schedule"]), train=TrainConfig(**d["train"]),
         )  # fmt: skip
-
-
-def build_model(config: MLPConfig | UNetConfig) -> nn.Module:
-    """The network a run config describes: a UNet for images, an MLP for vectors."""
-    return UNet(config) if isinstance(config, UNetConfig) else build_mlp(config)
-
-
-def load_training_data(dataset: str, n: int, seed: int, download: bool = False) -> tuple[torch.Tensor, torch.Tensor, str]:
-    """Training data for a run: ``(x, labels, source)``; ``source`` says what was used.
-    Only MNIST can be downloaded, and only with ``download=True``."""
-    if dataset in DATASETS:
-        x, y = load_dataset(dataset, n, seed=seed, return_labels=True)
-        return torch.from_numpy(x), torch.from_numpy(y), f"{dataset}: {n} points drawn with seed {seed}"
-    from . import images
-
-    if dataset == "mnist":
-        d = images.load_mnist("train", download=download)
-    elif dataset == "digits8x8":
-        d = images.load_digits8x8()
-    elif dataset == "shapes":
-        d = images.make_shapes(n, seed=seed)
-    else:
-        raise ValueError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS + IMAGE_DATASETS)}")
-    return d.images, d.labels, d.source
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} but CUDA is not available here; use --device cpu")
-    return torch.device(device)
 
 
 class EMA:
@@ -165,19 +145,7 @@ class Trainer:
         self, config: RunConfig, run_dir: str | Path | None = None, data: torch.Tensor | None = None,
         download: bool = False, labels: torch.Tensor | None = None,
     ):  # fmt: skip
-        tc = config.train
-        check_predictor(tc.predictor)
-        for name in ("iterations", "batch_size"):
-            if getattr(tc, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {name}={getattr(tc, name)}")
-        if tc.lr <= 0:
-            raise ValueError(f"lr must be > 0, got lr={tc.lr}")
-        if config.cond not in ("none", "class", "multi"):
-            raise ValueError(f"unknown cond={config.cond!r}; choose 'none', 'class' or 'multi'")
-        if config.cond == "multi" and not isinstance(config.model, UNetConfig):
-            raise ValueError("multi-label conditioning needs the UNet (the shapes set); the vector MLPs take class labels only")
-        if config.cond == "class" and getattr(config.model, "num_classes", None) is None:
-            raise ValueError("cond='class' needs a network built with num_classes=K (MLPConfig or UNetConfig)")
+        tc = config.train  # the configs checked themselves when they were made
         self.config, self.run_dir = config, Path(run_dir) if run_dir else None
         self.device = resolve_device(tc.device)
         with torch.random.fork_rng(devices=[]):  # seeded initial weights, global RNG left as it was
@@ -240,12 +208,10 @@ class Trainer:
         }  # fmt: skip
 
     @classmethod
-    def resume(cls, run_dir: str | Path, iterations: int | None = None, download: bool = False) -> Trainer:
-        """Rebuild a trainer from ``run_dir`` exactly where it stopped (optionally with a new
-        total number of ``iterations``)."""
-        cfg = load_run_config(run_dir)
-        if iterations is not None:
-            cfg.train.iterations = iterations
+    def resume(cls, run_dir: str | Path, download: bool = False, **overrides) -> Trainer:
+        """Rebuild a trainer from ``run_dir`` exactly where it stopped; ``overrides`` may set a
+        new total of ``iterations`` or another ``device`` (see :data:`RESUMABLE`)."""
+        cfg = apply_overrides(load_run_config(run_dir), overrides, resumed=True)
         tr = cls(cfg, run_dir, download=download)
         tr.load_state_dict(load_state(Path(run_dir) / CHECKPOINT_FILE, map_location=tr.device))
         return tr
@@ -307,6 +273,61 @@ class Trainer:
     def sampling_model(self) -> nn.Module:
         """The EMA network when EMA is on, else the raw one."""
         return self.ema.model if self.ema else self.model
+
+
+# --- overrides: one flag, one field ---------------------------------------------------------
+
+# Every override a run accepts (the CLI's flags without the dashes), and the field it sets.
+OVERRIDES: dict[str, tuple[str, str]] = {
+    "iterations": ("train", "iterations"), "batch_size": ("train", "batch_size"), "lr": ("train", "lr"),
+    "weight_decay": ("train", "weight_decay"), "warmup": ("train", "warmup"), "grad_clip": ("train", "grad_clip"),
+    "ema_decay": ("train", "ema_decay"), "predictor": ("train", "predictor"), "seed": ("train", "seed"),
+    "device": ("train", "device"), "label_dropout": ("train", "label_dropout"), "n_train": ("train", "n_train"),
+    "schedule": ("schedule", "name"), "T": ("schedule", "T"), "beta_1": ("schedule", "beta_1"), "beta_T": ("schedule", "beta_T"),
+    "model": ("model", "kind"), "hidden": ("model", "hidden"),
+}  # fmt: skip
+RESUMABLE = ("iterations", "device")  # what a resumed run may change: it continues bit for bit otherwise
+
+
+def flag(name: str) -> str:
+    """The CLI flag of an override: ``beta_1`` -> ``--beta-1``."""
+    return "--" + name.replace("_", "-")
+
+
+def apply_overrides(config: RunConfig, overrides: dict, *, resumed: bool = False) -> RunConfig:
+    """``config`` with each given override applied through ``dataclasses.replace`` (so every
+    config checks itself again). An override this run cannot honour is refused, by name:
+    an unknown one, an MLP setting on a UNet run, a schedule parameter the chosen schedule
+    does not read, or anything but ``--iterations``/``--device`` on a resumed run."""
+    unknown = sorted(set(overrides) - set(OVERRIDES))
+    if unknown:
+        raise ValueError(f"unknown setting(s) {', '.join(unknown)}; the run config takes {', '.join(OVERRIDES)}")
+    if resumed:
+        fixed = [flag(k) for k in overrides if k not in RESUMABLE]
+        if fixed:
+            raise ValueError(f"{', '.join(fixed)} cannot change a resumed run (it continues exactly where it stopped, "
+                             f"with its saved config); resume with only {', '.join(map(flag, RESUMABLE))}, or start a new run in another --out")
+    parts: dict[str, dict] = {"train": {}, "schedule": {}, "model": {}}
+    for key, value in overrides.items():
+        section, field_name = OVERRIDES[key]
+        parts[section][field_name] = tuple(value) if isinstance(value, list) else value
+    if parts["model"] and isinstance(config.model, UNetConfig):
+        given = [flag(k) for k in overrides if OVERRIDES[k][0] == "model"]
+        raise ValueError(f"{', '.join(given)} configure the vector MLPs, but {config.dataset} trains a UNet; "
+                         "change the UNet through a recipe (ddpmkit.recipes) instead")
+    if "n_train" in overrides and dataset_spec(config.dataset).fixed_size:
+        raise ValueError(f"{flag('n_train')} sets how many samples are drawn, but {config.dataset} is a fixed set that trains on all of its images")
+    schedule_name = parts["schedule"].get("name", config.schedule.name)
+    unread = [flag(k) for k in overrides if OVERRIDES[k][0] == "schedule" and OVERRIDES[k][1] not in ("name", "T")
+              and OVERRIDES[k][1] not in _schedule_params(schedule_name)]  # fmt: skip
+    if unread:
+        raise ValueError(f"the {schedule_name!r} schedule does not read {', '.join(unread)}; drop it or choose a schedule that does")
+    return replace(config, train=replace(config.train, **parts["train"]), schedule=replace(config.schedule, **parts["schedule"]),
+                   model=replace(config.model, **parts["model"]))  # fmt: skip
+
+
+def _schedule_params(name: str) -> tuple[str, ...]:
+    return SCHEDULES[name].params if name in SCHEDULES else ()
 
 
 def load_run_config(run_dir: str | Path) -> RunConfig:

@@ -41,6 +41,20 @@ class UNetConfig:
     num_classes: int | None = None  # class-conditional with K classes (+1 null token)
     num_labels: int | None = None  # multi-label conditional with an L-dim multi-hot vector
 
+    def __post_init__(self):
+        self.channel_mults, self.attn_levels = tuple(self.channel_mults), tuple(self.attn_levels)
+        if self.num_classes is not None and self.num_labels is not None:
+            raise ValueError("set num_classes (one label per image) or num_labels (multi-hot), not both")
+        if self.in_channels < 1 or self.base_channels < 1 or self.num_res_blocks < 1 or not self.channel_mults:
+            raise ValueError("in_channels, base_channels and num_res_blocks must be >= 1, and channel_mults non-empty")
+        for w in (self.base_channels * m for m in self.channel_mults):
+            if w % self.groups or w % self.num_heads:
+                raise ValueError(f"every width must be divisible by groups={self.groups} and num_heads={self.num_heads}; got width {w}")
+        if any(not 0 <= lvl < len(self.channel_mults) for lvl in self.attn_levels):
+            raise ValueError(f"attn_levels must name levels 0..{len(self.channel_mults) - 1}, got {self.attn_levels}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must lie in [0, 1), got dropout={self.dropout!r}")
+
     def to_dict(self) -> dict:
         return {**asdict(self), "channel_mults": list(self.channel_mults), "attn_levels": list(self.attn_levels)}
 
@@ -96,12 +110,7 @@ class UNet(nn.Module):
     def __init__(self, config: UNetConfig):
         super().__init__()
         c = self.config = config
-        if c.num_classes is not None and c.num_labels is not None:
-            raise ValueError("set num_classes (one label per image) or num_labels (multi-hot), not both")
-        widths = [c.base_channels * m for m in c.channel_mults]
-        for w in widths:
-            if w % c.groups or w % c.num_heads:
-                raise ValueError(f"every width must be divisible by groups={c.groups} and num_heads={c.num_heads}; got width {w}")
+        widths = [c.base_channels * m for m in c.channel_mults]  # checked by UNetConfig
         emb_dim = 4 * c.base_channels
         self.time_mlp = nn.Sequential(nn.Linear(c.base_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         if c.num_classes is not None:
@@ -109,37 +118,40 @@ class UNet(nn.Module):
         if c.num_labels is not None:
             self.label_emb = nn.Linear(c.num_labels, emb_dim)  # multi-hot → embedding (003 report)
         self.inp = nn.Conv2d(c.in_channels, widths[0], 3, padding=1)
-        self.down = nn.ModuleList()
-        skips, ch = [widths[0]], widths[0]
+        self.levels = len(widths)
+        # Encoder: each level is (res blocks, their attentions, downsample); every block's output
+        # and every downsampled map is kept as a skip for the decoder. The last level keeps its size.
+        self.downs = nn.ModuleList()
+        skips, ch = [widths[0]], widths[0]  # channels of each skip, in the order they are kept
         for lvl, w in enumerate(widths):
-            blocks = nn.ModuleList()
+            blocks, attns = nn.ModuleList(), nn.ModuleList()
             for _ in range(c.num_res_blocks):
                 blocks.append(ResBlock(ch, w, emb_dim, c.groups, c.dropout))
+                attns.append(SelfAttention(w, c.num_heads, c.groups) if lvl in c.attn_levels else nn.Identity())
                 ch = w
-                if lvl in c.attn_levels:
-                    blocks.append(SelfAttention(ch, c.num_heads, c.groups))
                 skips.append(ch)
-            if lvl < len(widths) - 1:
-                blocks.append(nn.Conv2d(ch, ch, 3, stride=2, padding=1))  # downsample ×2
+            last = lvl == self.levels - 1
+            downsample = nn.Identity() if last else nn.Conv2d(ch, ch, 3, stride=2, padding=1)  # ×1/2
+            if not last:
                 skips.append(ch)
-            self.down.append(blocks)
+            self.downs.append(nn.ModuleList([blocks, attns, downsample]))
+        # Bottleneck: res block, attention, res block.
         self.mid1 = ResBlock(ch, ch, emb_dim, c.groups, c.dropout)
         self.mid_attn = SelfAttention(ch, c.num_heads, c.groups)
         self.mid2 = ResBlock(ch, ch, emb_dim, c.groups, c.dropout)
-        self.up = nn.ModuleList()
+        # Decoder, deepest level first: each level has one block more than the encoder's, each
+        # taking one skip (concatenated on channels), then an upsample (none at full resolution).
+        self.ups = nn.ModuleList()
         for lvl, w in reversed(list(enumerate(widths))):
-            blocks = nn.ModuleList()
+            blocks, attns = nn.ModuleList(), nn.ModuleList()
             for _ in range(c.num_res_blocks + 1):
                 blocks.append(ResBlock(ch + skips.pop(), w, emb_dim, c.groups, c.dropout))
+                attns.append(SelfAttention(w, c.num_heads, c.groups) if lvl in c.attn_levels else nn.Identity())
                 ch = w
-                if lvl in c.attn_levels:
-                    blocks.append(SelfAttention(ch, c.num_heads, c.groups))
-            if lvl > 0:
-                blocks.append(nn.Upsample(scale_factor=2, mode="nearest"))
-                blocks.append(nn.Conv2d(ch, ch, 3, padding=1))
-            self.up.append(blocks)
+            upsample = nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(ch, ch, 3, padding=1)) if lvl > 0 else nn.Identity()
+            self.ups.append(nn.ModuleList([blocks, attns, upsample]))
         self.out = nn.Sequential(nn.GroupNorm(c.groups, ch), nn.SiLU(), nn.Conv2d(ch, c.in_channels, 3, padding=1))
-        self.levels = len(widths)
+        self._register_load_state_dict_pre_hook(_rename_legacy_keys)
 
     @property
     def null_label(self) -> int:
@@ -176,22 +188,50 @@ class UNet(nn.Module):
         ph, pw = (-H) % m, (-W) % m
         if ph or pw:  # pad to a multiple of 2^(levels-1); cropped back at the end
             x = F.pad(x, (0, pw, 0, ph), mode="reflect" if min(H, W) > max(ph, pw) else "replicate")
-        emb = self.embed(t, y, B)
+        emb = self.embed(t, y, B)  # (B or 1, E)
         h = self.inp(x)  # (B, C0, H', W')
-        hs = [h]
-        for blocks in self.down:
-            for blk in blocks:
-                h = blk(h, emb) if isinstance(blk, ResBlock) else blk(h)
-                if not isinstance(blk, SelfAttention):
-                    hs.append(h)
-                else:
-                    hs[-1] = h
-        h = self.mid2(self.mid_attn(self.mid1(h, emb)), emb)
-        for blocks in self.up:
-            for blk in blocks:
-                if isinstance(blk, ResBlock):
-                    h = blk(torch.cat([h, hs.pop()], dim=1), emb)
-                else:
-                    h = blk(h)
+        hs = [h]  # the skips
+        for lvl, (blocks, attns, downsample) in enumerate(self.downs):
+            for block, attn in zip(blocks, attns):
+                h = attn(block(h, emb))  # (B, C_lvl, H'/2^lvl, W'/2^lvl)
+                hs.append(h)
+            if lvl < self.levels - 1:
+                h = downsample(h)  # (B, C_lvl, H'/2^(lvl+1), W'/2^(lvl+1))
+                hs.append(h)
+        h = self.mid2(self.mid_attn(self.mid1(h, emb)), emb)  # (B, C_last, ...)
+        for blocks, attns, upsample in self.ups:
+            for block, attn in zip(blocks, attns):
+                h = attn(block(torch.cat([h, hs.pop()], dim=1), emb))  # skip concatenated on channels
+            h = upsample(h)  # ×2, except at full resolution
         out = self.out(h)  # (B, C, H', W')
         return out[:, :, :H, :W]
+
+
+def _rename_legacy_keys(state_dict, prefix, *args) -> None:
+    """Load weights saved before the levels were declared explicitly (ddpmkit 0.1's
+    ``down.L.J`` / ``up.L.J`` lists of blocks, attentions and resamplers) into
+    ``downs.L.{0: blocks, 1: attentions, 2: downsample}`` / ``ups.L.{..., 2: upsample}``."""
+    import re
+
+    old = [k for k in state_dict if re.match(re.escape(prefix) + r"(down|up)\.\d+\.\d+\.", k)]
+    if not old:
+        return
+    # In the old lists each level held, in order: per block [ResBlock, SelfAttention?], then the
+    # resampler(s). A ResBlock has conv1, an attention has attn, a downsample is a bare conv.
+    for part in ("down", "up"):
+        levels = sorted({int(k[len(prefix):].split(".")[1]) for k in old if k[len(prefix):].startswith(part + ".")})
+        for lvl in levels:
+            head = f"{prefix}{part}.{lvl}."
+            entries = sorted({int(k[len(head):].split(".")[0]) for k in old if k.startswith(head)})
+            block = 0
+            for j in entries:
+                keys = [k for k in old if k.startswith(f"{head}{j}.")]
+                names = {k[len(f"{head}{j}."):] for k in keys}
+                if any(n.startswith("conv1.") for n in names):
+                    new, block = f"{prefix}{part}s.{lvl}.0.{block}.", block + 1
+                elif any(n.startswith("attn.") for n in names):
+                    new = f"{prefix}{part}s.{lvl}.1.{block - 1}."
+                else:  # the resampler's conv: stride-2 conv (down) or the conv after upsampling (up)
+                    new = f"{prefix}{part}s.{lvl}.2." + ("" if part == "down" else "1.")
+                for k in keys:
+                    state_dict[new + k[len(f"{head}{j}."):]] = state_dict.pop(k)

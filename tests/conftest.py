@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from ddpmkit.models import MLPConfig, build_model
+from ddpmkit.models import MLPConfig
+from ddpmkit.networks import build_model
 
 
 @pytest.fixture

@@ -72,7 +72,7 @@ def test_cli_conditional_vector_run(tmp_path, capsys):
     assert main(["sample", run, "--label", "2", "--n", "8", "--out", str(out), "--no-progress"]) == 2
     assert "--label must lie in [0, 1]" in capsys.readouterr().err
     assert main(["train", "--dataset", "swiss_roll", "--cond", "class", "--out", str(tmp_path / "s"), "--no-progress"]) == 2
-    assert "needs a labelled data set" in capsys.readouterr().err
+    assert "--cond class does not fit swiss_roll, which allows none" in capsys.readouterr().err
 
 
 def test_grade_gives_every_path_a_row_and_a_summary(tmp_path):

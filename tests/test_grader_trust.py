@@ -453,7 +453,8 @@ def test_hidden_cases_never_repeat_a_self_check_case():
 
 def test_stand_in_network_follows_the_library_conventions():
     """The toy network and the library's conditional networks agree on every call convention."""
-    from ddpmkit.models import MLPConfig, build_model
+    from ddpmkit.models import MLPConfig
+    from ddpmkit.networks import build_model
     from ddpmkit.unet import UNet, UNetConfig
 
     rng = np.random.default_rng(0)

@@ -10,7 +10,7 @@ from scipy import linalg
 from ddpmkit.classifier import ClassifierConfig, ImageClassifier, accuracy, feature_fid_kid, train_classifier
 from ddpmkit.images import load_digits8x8
 from ddpmkit.models import MLPConfig
-from ddpmkit.models import build_model as build_mlp
+from ddpmkit.networks import build_model as build_mlp
 from ddpmkit.recipes import get_recipe, mnist_cfg
 from ddpmkit.schedules import ScheduleConfig
 from ddpmkit.train import METADATA_FILE, RunConfig, TrainConfig, Trainer, load_run
@@ -55,10 +55,12 @@ def test_label_dropout_sends_labels_to_the_null_token(monkeypatch):
 
 
 def test_vector_runs_check_their_conditioning():
-    with pytest.raises(ValueError, match="needs a network built with num_classes"):
-        Trainer(RunConfig(cond="class"))
-    with pytest.raises(ValueError, match="multi-label conditioning needs the UNet"):
-        Trainer(RunConfig(cond="multi", model=MLPConfig(num_classes=2)))
+    with pytest.raises(ValueError, match="cond='class' does not fit swiss_roll, which allows none"):
+        RunConfig(cond="class")
+    with pytest.raises(ValueError, match="needs a network with num_classes=2 and num_labels=None; this one has num_classes=None"):
+        RunConfig(dataset="moons", cond="class")
+    with pytest.raises(ValueError, match="cond='multi' does not fit moons, which allows none, class"):
+        RunConfig(dataset="moons", cond="multi", model=MLPConfig(num_classes=2))
 
 
 @pytest.mark.parametrize("kind", ["timelinear", "concat"])
@@ -223,7 +225,7 @@ def test_in_memory_data_needs_labels_when_conditional():
 
 
 def test_guidance_sweep_rows_have_every_metric():
-    from ddpmkit.experiments import guidance_sweep
+    from ddpmkit.experiments.images import guidance_sweep
     from ddpmkit.schedules import NoiseSchedule
     from ddpmkit.unet import UNet
 
@@ -272,8 +274,9 @@ def test_full_profile_retrains_once_and_reuses_the_run(tmp_path, monkeypatch):
     second chapter loads it instead of training again."""
     from dataclasses import replace
 
-    from ddpmkit import experiments as ex
     from ddpmkit import recipes
+    from ddpmkit.experiments import images as ex
+    from ddpmkit.experiments.sizes import book_size
 
     monkeypatch.setenv("DDPMKIT_RUNS", str(tmp_path))
     real = recipes.get_recipe
@@ -284,7 +287,7 @@ def test_full_profile_retrains_once_and_reuses_the_run(tmp_path, monkeypatch):
         return c
 
     monkeypatch.setattr(recipes, "get_recipe", tiny)
-    size = replace(ex.book_size("smoke"), retrain=True)
+    size = replace(book_size("smoke"), retrain=True)
     _, _, info = ex.image_model("shapes-cfg", size)
     assert info["metadata"]["steps"] == 3 and (tmp_path / "shapes-cfg" / "checkpoint.pt").exists()
     mtime = (tmp_path / "shapes-cfg" / "checkpoint.pt").stat().st_mtime_ns
@@ -296,8 +299,9 @@ def test_full_profile_retrains_once_and_reuses_the_run(tmp_path, monkeypatch):
 def test_full_profile_evaluator_is_trained_once(tmp_path, monkeypatch):
     from dataclasses import replace
 
-    from ddpmkit import classifier
-    from ddpmkit import experiments as ex
+    from ddpmkit import pretrained
+    from ddpmkit.experiments import images as ex
+    from ddpmkit.experiments.sizes import book_size
 
     monkeypatch.setenv("DDPMKIT_RUNS", str(tmp_path))
     calls = []
@@ -306,8 +310,8 @@ def test_full_profile_evaluator_is_trained_once(tmp_path, monkeypatch):
         calls.append(recipe)
         return ImageClassifier(ClassifierConfig(features=8)).eval(), {"data": "fake", "held_out": {"accuracy": 0.5}}
 
-    monkeypatch.setattr(classifier, "train_evaluator", fake_train)
-    size = replace(ex.book_size("smoke"), retrain=True)
+    monkeypatch.setattr(pretrained, "train_evaluator", fake_train)
+    size = replace(book_size("smoke"), retrain=True)
     for _ in range(2):
         clf, info = ex.evaluator("mnist-classifier", size)
         assert isinstance(clf, ImageClassifier) and info["metadata"]["data"] == "fake"

@@ -148,8 +148,13 @@ def test_read_idx_rejects_truncated_files(tmp_path, test_split_only):
     with gzip.open(test_split_only / "MNIST" / "raw" / "t10k-labels-idx1-ubyte.gz") as f:
         data = f.read()
     (tmp_path / "short-idx1-ubyte").write_bytes(data[:500])
-    with pytest.raises(ValueError, match="truncated"):
+    with pytest.raises(ValueError, match="short-idx1-ubyte is not a readable IDX file"):
         read_idx(tmp_path / "short-idx1-ubyte")
+    (tmp_path / "junk.gz").write_bytes(gzip.compress(b"\x00\x00\x99\x01" + bytes(8)))
+    with pytest.raises(ValueError, match="junk.gz is not a readable IDX file"):
+        read_idx(tmp_path / "junk.gz")
+    labels = read_idx(test_split_only / "MNIST" / "raw" / "t10k-labels-idx1-ubyte.gz")
+    assert labels.shape == (10000,) and labels.dtype == np.uint8 and labels[:5].tolist() == list(data[8:13])
 
 
 def test_digits8x8_and_shapes():

@@ -52,3 +52,12 @@ def test_normal_kl_matches_torch_distributions():
         torch.distributions.Normal(m1, (0.5 * lv1).exp()), torch.distributions.Normal(m2, (0.5 * lv2).exp())
     )
     assert torch.allclose(normal_kl(m1, lv1, m2, lv2), ref, atol=1e-6)
+
+
+def test_gaussian_nll_matches_torch_distributions():
+    from ddpmkit.likelihood import gaussian_nll
+
+    g = torch.Generator().manual_seed(4)
+    x, m, lv = (torch.randn(500, generator=g, dtype=torch.float64) * 3 for _ in range(3))
+    ref = -torch.distributions.Normal(m, (0.5 * lv).exp()).log_prob(x)
+    torch.testing.assert_close(gaussian_nll(x, m, lv), ref, rtol=1e-12, atol=1e-12)

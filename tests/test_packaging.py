@@ -61,3 +61,75 @@ def test_profile_parsing(monkeypatch):
 @pytest.mark.skipif(not os.environ.get("CI"), reason="the sentinel only speaks for CI runs")
 def test_sentinel_ci_uses_the_smoke_profile():
     assert get_profile() == "smoke", f"CI must run in the smoke profile, got {get_profile()!r}"
+
+
+def test_every_package_folder_is_listed_for_the_wheel():
+    """pyproject.toml lists the packages by hand (ddpmkit.assignments is mapped from assignments/):
+    a new subpackage must be added there, or the wheel would lack it."""
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "ddpmkit").rglob("*.py") if "__pycache__" not in p.parts}
+    assert found <= listed, f"add to [tool.setuptools] packages: {sorted(found - listed)}"
+
+
+def test_the_version_is_written_once():
+    import ddpmkit
+
+    py = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert "version" not in py["project"] and py["project"]["dynamic"] == ["version"]
+    assert py["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "ddpmkit.__version__"}
+    from importlib.metadata import version
+
+    assert version("ddpmkit") == ddpmkit.__version__
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory):
+    """``pip install`` of the wheel into a fresh virtual environment that sees the test
+    environment's third-party packages (torch, ...) but not this checkout."""
+    import shutil
+    import subprocess
+    import sys
+    import sysconfig
+
+    tmp = tmp_path_factory.mktemp("wheel")
+    src = tmp / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, src / name)
+    for name in ("ddpmkit", "assignments"):
+        shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    run = lambda *cmd, **kw: subprocess.run(cmd, check=True, capture_output=True, text=True, **kw)
+    run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp / "dist"), str(src))
+    venv = tmp / "venv"
+    run(sys.executable, "-m", "venv", "--without-pip", str(venv))
+    site = next(venv.glob("lib/python*/site-packages"))
+    (site / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")  # torch & co.; its .pth files (the editable ddpmkit) are not read
+    wheel = next((tmp / "dist").glob("ddpmkit-*.whl"))
+    run(sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "--no-deps", "--no-index", "-q", str(wheel))
+    return venv
+
+
+def test_installed_package_grades_and_checks_from_any_folder(installed, tmp_path):
+    import subprocess
+
+    from ddpmkit.grading.notebooks import assignments_dir, notebook_text, student_notebook
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    run = lambda *cmd: subprocess.run(cmd, check=False, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
+    where = run(str(installed / "bin" / "python"), "-c", "import ddpmkit; print(ddpmkit.__file__)")
+    assert where.stdout.startswith(str(installed)), where.stdout + where.stderr  # not this checkout
+    ddpmkit = str(installed / "bin" / "ddpmkit")
+    check = run(ddpmkit, "assign", "--check")
+    assert check.returncode == 0 and "up to date" in check.stdout, check.stdout + check.stderr
+    write = run(ddpmkit, "assign")
+    assert write.returncode == 2 and "installed package" in write.stderr
+    sub = tmp_path / "alice.ipynb"
+    sub.write_text(notebook_text(student_notebook(assignments_dir() / "source" / "a1_forward.md", keep_solutions=True)))
+    graded = run(ddpmkit, "grade", "a1", str(sub), "--out", "grades.csv", "--no-progress")
+    assert graded.returncode == 0, graded.stdout + graded.stderr
+    rows = (tmp_path / "grades.csv").read_text().splitlines()
+    assert len(rows) == 2 and "alice" in rows[1]
+    # the solution sources travel in the wheel, but never into the sandbox
+    probe = "from ddpmkit.grading.sanitize import sanitized_root; r = sanitized_root(()); print(sorted(p.name for p in (r / 'ddpmkit').iterdir()))"
+    listing = run(str(installed / "bin" / "python"), "-c", probe)
+    assert "assignments" not in listing.stdout and "'schedules.py'" in listing.stdout, listing.stdout + listing.stderr

@@ -1,6 +1,7 @@
 """The checkpoints that ship in ddpmkit/checkpoints: present, small, safe to load, honest metadata."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -58,7 +59,7 @@ def test_shipped_mnist_model_generates_the_requested_digit():
     """Guided samples of the shipped model, read by the shipped classifier (a small, fixed
     draw: 2 per class, DDIM 10 steps)."""
     from ddpmkit.classifier import accuracy
-    from ddpmkit.experiments import guided_samples
+    from ddpmkit.experiments.images import guided_samples
 
     model, schedule, info = load_pretrained("mnist-cfg")
     clf, _, _ = load_pretrained("mnist-classifier")
@@ -92,3 +93,19 @@ def test_a_tampered_checkpoint_is_refused_without_running_code(tmp_path):
     assert not marker.exists()
     with pytest.raises(FileNotFoundError, match="no shipped checkpoint named 'nope'"):
         read_info("nope")
+
+
+def test_unet_weights_saved_before_the_explicit_levels_still_load():
+    """A UNet state dict in ddpmkit 0.1's layout (``down.L.J``/``up.L.J`` lists: two blocks per
+    level, attention, resamplers) loads into the explicit levels and gives the outputs it gave then."""
+    from safetensors.torch import load_file
+
+    from ddpmkit.unet import UNet, UNetConfig
+
+    saved = load_file(str(Path(__file__).parent / "data" / "legacy_unet_0.1.safetensors"))
+    cfg = UNetConfig(in_channels=3, base_channels=8, channel_mults=(1, 2), num_res_blocks=2, attn_levels=(1,), num_heads=2, groups=4, num_classes=3)
+    net = UNet(cfg).eval()
+    net.load_state_dict({k: v for k, v in saved.items() if not k.startswith("_")})  # strict: every key placed
+    with torch.no_grad():
+        out = net(saved["_input.x"], saved["_input.t"], saved["_input.y"])
+    assert torch.equal(out, saved["_output"])

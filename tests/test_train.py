@@ -137,3 +137,27 @@ def test_trainer_leaves_the_global_rng_alone():
     a = Trainer(small_config(5))
     assert torch.equal(torch.rand(3), expected)
     assert torch.equal(_params(a.model), _params(Trainer(small_config(5)).model))  # still seeded
+
+
+def test_ema_matches_torch_averaged_model():
+    """The teaching EMA (warmed-up decay min(d, (1+k)/(10+k))) equals torch's AveragedModel
+    given the same decay rule, step by step."""
+    from torch.optim.swa_utils import AveragedModel
+
+    from ddpmkit.train import EMA
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.SiLU(), torch.nn.Linear(8, 2))
+    ours, decay = EMA(net, 0.99), 0.99
+    avg_fn = lambda avg, p, n: avg + (p - avg) * (1 - min(decay, (1 + (n - 1)) / (10 + (n - 1))))
+    theirs = AveragedModel(net, avg_fn=avg_fn)
+    theirs.n_averaged.fill_(1)  # AveragedModel copies the first weights on its first update; ours starts from them
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    for step in range(50):
+        opt.zero_grad()
+        net(torch.randn(16, 3)).pow(2).mean().backward()
+        opt.step()
+        ours.update(net, step)
+        theirs.update_parameters(net)
+    for a, b in zip(ours.model.parameters(), theirs.module.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)

@@ -40,7 +40,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..checkpoint import _atomic_write, save_json
+from ..checkpoint import save_json
+from ..common import atomic_write
 from . import notebooks
 from .assignments import Assignment, get_assignment, hidden_cases
 from .harness import MAX_OUTPUT, pack_frame, parse_arrays
@@ -523,7 +524,7 @@ def write_gradebook(path: Path, assignment: Assignment, rows: dict[str, dict]) -
     w.writeheader()
     for student in sorted(rows):
         w.writerow(rows[student])
-    _atomic_write(path, lambda f: f.write(buf.getvalue().encode()))
+    atomic_write(path, lambda f: f.write(buf.getvalue().encode()))
 
 
 def row_of(feedback: dict) -> dict:
@@ -598,7 +599,7 @@ def grade_batch(
 
     def one(sub: Submission) -> dict:
         marker = feedback_dir / f".{sub.student}.started"
-        _atomic_write(marker, lambda f: f.write(_fingerprint(sub).encode()))
+        atomic_write(marker, lambda f: f.write(_fingerprint(sub).encode()))
         try:
             try:
                 fb = grade_submission(a, sub, limits, mode, seed, zygote)
@@ -666,7 +667,7 @@ def write_canvas(a: Assignment, rows: dict[str, dict], out: Path) -> None:
     w.writerow(["    Points Possible", "", "", "", "", a.max_points])
     for sid in sorted(rows):
         w.writerow([sid, "", sid, sid, "", rows[sid]["points"]])
-    _atomic_write(out.with_name(f"{out.stem}-canvas.csv"), lambda f: f.write(buf.getvalue().encode()))
+    atomic_write(out.with_name(f"{out.stem}-canvas.csv"), lambda f: f.write(buf.getvalue().encode()))
 
 
 EXPORTS = {"gradescope": _export_gradescope, "canvas": lambda a, fb, out, d: None}

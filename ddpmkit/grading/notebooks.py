@@ -32,8 +32,16 @@ MAX_NOTEBOOK_BYTES = 20 << 20  # a notebook larger than this is refused unread
 
 
 def assignments_dir() -> Path:
-    """The repository's ``assignments/`` folder (next to the ddpmkit package)."""
-    return Path(__file__).resolve().parents[2] / "assignments"
+    """The assignments (``source/*.md`` and the student notebooks): the repository's
+    ``assignments/`` folder in a checkout, else the copy inside the installed package
+    (``pip install .`` ships it as ``ddpmkit/assignments``)."""
+    repo = Path(__file__).resolve().parents[2] / "assignments"
+    return repo if (repo / "source").is_dir() else installed_assignments_dir()
+
+
+def installed_assignments_dir() -> Path:
+    """Where a wheel puts the assignments: ``ddpmkit/assignments`` (see pyproject.toml)."""
+    return Path(__file__).resolve().parents[1] / "assignments"
 
 
 def strip_solutions(source: str, where: str = "cell", keep: bool = False) -> str:
@@ -117,15 +125,21 @@ def release_path(source: Path) -> Path:
 
 def build_all(check: bool = False) -> list[str]:
     """Write (or with ``check`` only compare) every student notebook; returns the stale ones."""
+    root = assignments_dir()
+    if not (root / "source").is_dir():
+        raise FileNotFoundError(f"no assignment sources in {root / 'source'}; reinstall ddpmkit (pip install .) or run from a checkout")
+    if not check and root == installed_assignments_dir():
+        raise ValueError("ddpmkit assign writes the student notebooks of a repository checkout (assignments/*.ipynb); "
+                         "this ddpmkit is an installed package: run it from the course repository, or use --check")
     stale = []
-    for src in sorted((assignments_dir() / "source").glob("*.md")):
+    for src in sorted((root / "source").glob("*.md")):
         out, text = release_path(src), notebook_text(student_notebook(src))
         if not out.exists() or out.read_text() != text:
             stale.append(out.name)
             if not check:
-                from ..checkpoint import _atomic_write
+                from ..common import atomic_write
 
-                _atomic_write(out, lambda f, text=text: f.write(text.encode()))
+                atomic_write(out, lambda f, text=text: f.write(text.encode()))
     return stale
 
 

@@ -72,6 +72,10 @@ def blank_source(source: str, qualnames: dict[str, str], where: str) -> str:
     return ast.unparse(ast.fix_missing_locations(tree)) + "\n"
 
 
+# Never copied into the sandbox: the grader itself, and the solution sources that an installed
+# package carries in ddpmkit/assignments.
+NOT_IN_SANDBOX = ("__pycache__", "grading", "assignments")
+
 @cache
 def sanitized_root(library: tuple[str, ...]) -> Path:
     """A folder holding ``ddpmkit/`` (the withheld copy) and ``harness.py``; made once per
@@ -86,7 +90,7 @@ def sanitized_root(library: tuple[str, ...]) -> Path:
         except OSError:
             shutil.copy2(src, dst)
 
-    shutil.copytree(PACKAGE, pkg, ignore=shutil.ignore_patterns("__pycache__", "grading"), copy_function=link_or_copy)
+    shutil.copytree(PACKAGE, pkg, ignore=shutil.ignore_patterns(*NOT_IN_SANDBOX), copy_function=link_or_copy)
     (pkg / "grading").mkdir()
     by_file: dict[Path, dict[str, str]] = {}
     for path in library:
