@@ -10,7 +10,7 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
-from typing import get_args
+from typing import Literal, get_args, get_origin
 
 EXAMPLES = """examples:
   ddpmkit train --dataset swiss_roll --out runs/swiss      # KAIST A1 set-up, ~25 s on 2 CPU cores
@@ -60,19 +60,23 @@ def _default(section: str, name: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .data import CONDITIONINGS, DATASETS, vector_datasets
-    from .diffusion import PREDICTORS
-    from .models import ModelKind
-    from .recipes import CLASSIFIER_RECIPES, RECIPES
-    from .samplers import SAMPLERS, SPACINGS, VARIANCES
-    from .schedules import SCHEDULES
-
-    ddim = SAMPLERS["ddim"].options
     p = argparse.ArgumentParser(
         prog="ddpmkit", description="Train, sample and evaluate DDPMs (the DDPM course companion).",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_train, _add_sample, _add_data_commands, _add_grading):
+        add(sub)
+    return p
+
+
+def _add_train(sub) -> None:
+    """``ddpmkit train``: one flag per overridable config field, defaults read from the configs."""
+    from .data import CONDITIONINGS, DATASETS
+    from .diffusion import PREDICTORS
+    from .models import ModelKind
+    from .recipes import CLASSIFIER_RECIPES, RECIPES
+    from .schedules import SCHEDULES
 
     t = sub.add_parser("train", help="train a DDPM on a data set (vector or image)", epilog=EXAMPLES,
                        formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -80,9 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "every flag given overrides that config, and a flag the run cannot honour is refused.")
     t.add_argument("--dataset", type=_train_dataset, default=None, help=f"one of {', '.join(DATASETS)} (default swiss_roll, or the recipe's)")
     t.add_argument("--recipe", default=None, choices=(*RECIPES, *CLASSIFIER_RECIPES), help="a named recipe: its whole config, then the flags given")
+    labelled = ", ".join(n for n, sp in DATASETS.items() if sp.kind == "vector" and sp.num_classes)
+    image_defaults = ", ".join(f"{sp.default_cond} for {n}" for n, sp in DATASETS.items() if sp.kind == "image")
     t.add_argument("--cond", choices=CONDITIONINGS, default=None,
-                   help="conditioning (default: class for mnist/digits8x8, multi for shapes, none for vector sets; "
-                        "class works for the labelled vector sets too)")
+                   help=f"conditioning (default: {image_defaults}, none for vector sets; class works for {labelled} too)")
     t.add_argument("--out", required=True, type=Path, help="run folder to create (config.json, checkpoint.pt)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped (only --iterations/--device may change)")
     t.add_argument("--download", action="store_true", help="mnist: let torchvision download the data set into $DDPMKIT_DATA (needs internet)")
@@ -110,6 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default=None, help=f"cpu, cuda, cuda:N or auto (default {_default('train', 'device')})")
     t.add_argument("--no-progress", action="store_true")
 
+
+def _add_sample(sub) -> None:
+    """``ddpmkit sample``: one flag per option of any registered sampler."""
+    from .samplers import SAMPLERS, sampler_options
+
     s = sub.add_parser("sample", help="sample from a trained run", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("run", type=Path, help="run folder written by ddpmkit train, or a shipped checkpoint name (e.g. mnist-cfg)")
     s.add_argument("--label", default=None,
@@ -121,14 +131,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", type=Path, required=True, help=".npy file for the (n, dim) or (n, C, H, W) samples; .png writes an image grid")
     s.add_argument("--sampler", choices=SAMPLERS, default="ddpm", help="; ".join(f"{k}: {v.description}" for k, v in SAMPLERS.items()))
-    s.add_argument("--variance", choices=VARIANCES, default=None, help=f"σ² of ddpm/deterministic (default {SAMPLERS['ddpm'].options['variance']})")
-    s.add_argument("--steps", type=_positive_int, default=None, help=f"ddim: steps (default {ddim['steps']})")
-    s.add_argument("--eta", type=float, default=None, help=f"ddim: η (default {ddim['eta']})")
-    s.add_argument("--spacing", choices=SPACINGS, default=None, help=f"ddim: which steps (default {ddim['spacing']})")
+    for name, (tp, users) in sampler_options().items():  # one flag per sampler option, typed by its annotation
+        defaults = "; ".join(f"{u}: {SAMPLERS[u].options[name]}" for u in users)
+        kind = {"choices": get_args(tp)} if get_origin(tp) is Literal else {"type": tp}
+        s.add_argument(f"--{name.replace('_', '-')}", default=None, help=f"{', '.join(users)} (default {defaults})", **kind)
     s.add_argument("--prior", type=Path, default=None, help=".npy prior noise x_T of shape (n, dim) (overrides --n)")
     s.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA")
     s.add_argument("--device", default="cpu")
     s.add_argument("--no-progress", action="store_true")
+
+
+def _add_data_commands(sub) -> None:
+    """``ddpmkit export``, ``data`` and ``evaluate``."""
+    from .data import vector_datasets
 
     x = sub.add_parser("export", help="ship a run's EMA weights as ddpmkit/checkpoints/NAME.safetensors + NAME.json")
     x.add_argument("run", type=Path, help="run folder written by ddpmkit train")
@@ -150,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=1, help="seed of the reference draw (training uses 0)")
     e.add_argument("--bandwidth", type=float, default=0.1, help="KDE bandwidth for the NLL")
 
+
+def _add_grading(sub) -> None:
+    """``ddpmkit grade`` and ``assign``."""
     g = sub.add_parser("grade", help="grade notebooks in sandboxes: per-question points, feedback JSON, CSV gradebook",
                        epilog="example: ddpmkit grade a1 submissions/*.ipynb --out grades.csv -j 2")
     g.add_argument("assignment", help="a1, a2, a3 or a4 (or a source name such as a1_forward)")
@@ -170,7 +188,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     n = sub.add_parser("assign", help="generate the student notebooks assignments/*.ipynb from assignments/source/*.md")
     n.add_argument("--check", action="store_true", help="only report stale notebooks (exit 1 if any)")
-    return p
 
 
 def _grade(a) -> int:
@@ -321,7 +338,7 @@ def _sample(a) -> int:
     from .checkpoint import save_npy
     from .data import dataset_spec
     from .guidance import CFGModel
-    from .samplers import sample
+    from .samplers import sample, sampler_options
 
     model, sched, cfg, info = _load_for_sampling(a)
     spec = dataset_spec(cfg.dataset)
@@ -341,7 +358,7 @@ def _sample(a) -> int:
     elif a.guidance is not None:
         raise ValueError("--guidance needs a conditional model (trained with --cond class or multi)")
     gen = torch.Generator().manual_seed(a.seed)
-    options = {k: getattr(a, k) for k in ("variance", "steps", "eta", "spacing") if getattr(a, k) is not None}
+    options = {k: getattr(a, k) for k in sampler_options() if getattr(a, k) is not None}
     out = sample(a.sampler, model, sched, shape, x_T=x_T, predictor=cfg.train.predictor, generator=gen,
                  progress=not a.no_progress, clip_x0=clip, **options)  # refuses an option the sampler does not take
     x = out.x.cpu()

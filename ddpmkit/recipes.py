@@ -49,7 +49,7 @@ def shapes_cfg() -> RunConfig:
 
 def swiss_roll() -> RunConfig:
     """The KAIST A1 set-up on the swiss roll (the CLI's defaults)."""
-    return RunConfig(dataset="swiss_roll", model=MLPConfig())
+    return for_dataset("swiss_roll")
 
 
 RECIPES = {"mnist-cfg": mnist_cfg, "shapes-cfg": shapes_cfg, "swiss-roll": swiss_roll}

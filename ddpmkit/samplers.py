@@ -13,7 +13,7 @@ import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Literal, get_args
+from typing import Literal, get_args, get_type_hints
 
 import numpy as np
 import torch
@@ -123,7 +123,7 @@ def ddim_timesteps(T: int, steps: int, spacing: Spacing = "leading") -> np.ndarr
     elif spacing == "linspace":
         ts = np.round(np.linspace(0, T - 1, steps)).astype(np.int64)
     else:
-        raise ValueError(f"unknown spacing={spacing!r}; choose 'leading', 'trailing' or 'linspace'")
+        raise ValueError(f"unknown spacing={spacing!r}; choose one of {', '.join(SPACINGS)}")
     return np.ascontiguousarray(ts[::-1]).astype(np.int64)
 
 
@@ -204,6 +204,22 @@ class SamplerSpec:
         fixed = self.fn.keywords if isinstance(self.fn, partial) else {}
         params = inspect.signature(self.fn).parameters.values()
         return {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY and p.name not in COMMON_ARGS and p.name not in fixed}
+
+    @property
+    def option_types(self) -> dict[str, object]:
+        """The annotated type of each option (``int``, ``float``, a ``Literal`` of choices)."""
+        hints = get_type_hints(self.fn.func if isinstance(self.fn, partial) else self.fn)
+        return {name: hints[name] for name in self.options}
+
+
+def sampler_options() -> dict[str, tuple[object, list[str]]]:
+    """Every option any registered sampler takes: ``{name: (type, [samplers that take it])}``
+    (the CLI makes one flag of each)."""
+    out: dict[str, tuple[object, list[str]]] = {}
+    for sampler, spec in SAMPLERS.items():
+        for name, tp in spec.option_types.items():
+            out.setdefault(name, (tp, []))[1].append(sampler)
+    return out
 
 
 SAMPLERS: dict[str, SamplerSpec] = {}

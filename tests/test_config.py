@@ -125,7 +125,7 @@ def test_image_run_honours_every_given_flag(tmp_path, capsys):
 @pytest.mark.parametrize(("args", "match"), [
     (["--recipe", "shapes-cfg", "--dataset", "mnist"], "the shapes-cfg recipe trains on shapes with cond=multi; --dataset mnist would change"),
     (["--recipe", "mnist-cfg", "--hidden", "8"], "--hidden configure the vector MLPs"),
-    (["--recipe", "mnist-classifier", "--lr", "0.1"], "mnist-classifier takes only --seed and --download (its config is a ClassifierConfig); drop --lr"),
+    (["--recipe", "mnist-classifier", "--lr", "0.1"], "takes only --seed and --download (its config is a ClassifierConfig); drop --lr"),
     (["--dataset", "moons", "--download"], "--download only fetches MNIST"),
     (["--dataset", "shapes", "--cond", "class"], "--cond class does not fit shapes, which allows none, multi"),
     (["--dataset", "moons", "--schedule", "cosine", "--beta-T", "0.1"], "does not read --beta-T"),

@@ -274,3 +274,13 @@ def test_no_import_cycles():
 def test_one_build_model_serves_every_network():
     assert build_model(MLPConfig(kind="concat")).__class__.__name__ == "ConcatMLP"
     assert build_model(for_dataset("shapes").model).__class__.__name__ == "UNet"
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_every_sampler_option_is_a_cli_flag(sampler):
+    from ddpmkit.cli import build_parser
+
+    for name, default in SAMPLERS[sampler].options.items():
+        value = str(default)
+        a = build_parser().parse_args(["sample", "run", "--out", "x.npy", "--sampler", sampler, f"--{name.replace('_', '-')}", value])
+        assert getattr(a, name) == default

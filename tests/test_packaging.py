@@ -133,3 +133,18 @@ def test_installed_package_grades_and_checks_from_any_folder(installed, tmp_path
     probe = "from ddpmkit.grading.sanitize import sanitized_root; r = sanitized_root(()); print(sorted(p.name for p in (r / 'ddpmkit').iterdir()))"
     listing = run(str(installed / "bin" / "python"), "-c", probe)
     assert "assignments" not in listing.stdout and "'schedules.py'" in listing.stdout, listing.stdout + listing.stderr
+
+
+def test_readme_layout_names_every_module():
+    """The README's layout table names every module and subpackage of ddpmkit, and nothing that is gone."""
+    readme = (ROOT / "README.md").read_text()
+    layout = readme[readme.index("## Layout") :].split("\n## ", 1)[0]
+    pkg = ROOT / "ddpmkit"
+    for p in pkg.rglob("*.py"):
+        if p.stem not in ("__init__", "__main__") and "__pycache__" not in p.parts:
+            assert f"`{p.stem}`" in layout or f"`{p.stem}." in layout, f"README layout does not name {p.relative_to(ROOT)}"
+    for d in (d for d in pkg.iterdir() if d.is_dir() and d.name != "__pycache__"):
+        assert f"`ddpmkit/{d.name}/`" in layout, f"README layout does not name ddpmkit/{d.name}/"
+    named = set(re.findall(r"`([a-z_]+)`", layout.split("| `ddpmkit/` |", 1)[1].split("\n", 1)[0]))
+    stems = {p.stem for p in pkg.glob("*.py")} | {"build_model"}
+    assert named <= stems, f"README names modules that do not exist: {named - stems}"
