@@ -190,5 +190,6 @@ register_dataset("shapes", DatasetSpec((3, 32, 32), "generated 1-3 coloured shap
 def load_training_data(dataset: str, n: int, seed: int, download: bool = False) -> tuple[torch.Tensor, torch.Tensor, str]:
     """Training data for a run: ``(x, labels, source)``; ``source`` says what was used.
     Only MNIST can be downloaded, and only with ``download=True``."""
-    x, y, source = dataset_spec(dataset).load(n, seed, download)
-    return x, y, f"{dataset}: {source}" if dataset_spec(dataset).kind == "vector" else source
+    spec = dataset_spec(dataset)
+    x, y, source = spec.load(n, seed, download)
+    return x, y, (f"{dataset}: {source}" if spec.kind == "vector" else source)

@@ -149,3 +149,13 @@ def test_zero_terminal_snr_end_to_end(tmp_path, capsys):
         assert np.isfinite(np.load(tmp_path / "x.npy")).all()
     code, _, err = _cli(["sample", run, "--n", "4", "--steps", "5", "--out", str(tmp_path / "y.npy"), "--no-progress"], capsys)
     assert code == 2 and "sampler 'ddpm' does not take steps (it takes variance)" in err
+
+
+def test_grading_limits_check_themselves(tmp_path, capsys):
+    from ddpmkit.grading.sandbox import Limits
+
+    with pytest.raises(ValueError, match="question_timeout must be > 0"):
+        Limits(question_timeout=0)
+    code, _, err = _cli(["grade", "a1", str(tmp_path / "x.ipynb"), "--out", str(tmp_path / "g.csv"), "--timeout", "-5"], capsys)
+    assert code == 2 and "the sandbox limit timeout must be > 0, got -5.0 (--timeout)" in err
+    assert not (tmp_path / "g.csv").exists()

@@ -53,6 +53,11 @@ class Limits:
     work_mb: int = 256  # size of its working folder /sandbox (a RAM disk)
     output_kb: int = 64  # stdout + stderr kept for the feedback; the rest is counted and dropped
 
+    def __post_init__(self):
+        for name, value in vars(self).items():
+            if not value > 0:
+                raise ValueError(f"the sandbox limit {name} must be > 0, got {value!r} (--{name.replace('_', '-')})")
+
 
 @dataclass
 class RunResult:
