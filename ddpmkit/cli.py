@@ -304,7 +304,7 @@ def _load_for_sampling(a):
 def _labels(a, cfg, n: int):
     import torch
 
-    from .images import SHAPE_LABELS
+    from .data import dataset_spec
 
     if cfg.cond == "class":
         if a.label is None:
@@ -317,14 +317,15 @@ def _labels(a, cfg, n: int):
             raise ValueError(f"--label must lie in [0, {cfg.model.num_classes - 1}], got {y}")
         return torch.full((n,), y, dtype=torch.long)
     if cfg.cond == "multi":
-        hot = torch.zeros(n, len(SHAPE_LABELS))
+        known = dataset_spec(cfg.dataset).label_names
+        hot = torch.zeros(n, len(known))
         names = [x.strip() for x in (a.label or "").split(",") if x.strip()]
         for name in names:
-            if name not in SHAPE_LABELS:
-                raise ValueError(f"unknown shape label {name!r}; choose from {', '.join(SHAPE_LABELS)}")
-            hot[:, SHAPE_LABELS.index(name)] = 1.0
+            if name not in known:
+                raise ValueError(f"unknown label {name!r} of {cfg.dataset}; choose from {', '.join(known)}")
+            hot[:, known.index(name)] = 1.0
         if not names:
-            raise ValueError("this model is multi-label: pass --label 'red square,blue circle'")
+            raise ValueError(f"this model is multi-label: pass --label '{known[0]},{known[-1]}' (labels: {', '.join(known)})")
         return hot
     if a.label is not None:
         raise ValueError("this model is unconditional; drop --label")

@@ -32,6 +32,7 @@ class DatasetSpec:
     description: str  # one line, with the source
     num_classes: int | None = None  # class labels 0..K-1; None: the set has no classes
     num_labels: int | None = None  # multi-hot labels of length L; None: no multi-label annotations
+    label_names: tuple[str, ...] = ()  # the names of the L multi-hot labels (``sample --label`` takes them)
     generate: Callable[[int, int], tuple[np.ndarray, np.ndarray]] | None = None  # vector sets: (n, seed) -> (x, y)
     loader: Callable[[int, int, bool], tuple[torch.Tensor, torch.Tensor, str]] | None = None  # image sets: (n, seed, download) -> (x, y, source)
     fixed_size: bool = False  # True: the loader returns the whole set and ignores n (MNIST, 8×8 digits)
@@ -39,6 +40,8 @@ class DatasetSpec:
     def __post_init__(self):
         if (self.generate is None) == (self.loader is None):
             raise ValueError("a DatasetSpec needs exactly one of generate (vector sets) or loader (image sets)")
+        if self.num_labels is not None and len(self.label_names) != self.num_labels:
+            raise ValueError(f"a multi-label set needs one name per label: {self.num_labels} labels, {len(self.label_names)} names")
 
     def load(self, n: int, seed: int, download: bool = False) -> tuple[torch.Tensor, torch.Tensor, str]:
         """Training data: ``(x (N, *shape) float32, labels, source in words)``."""
@@ -184,7 +187,7 @@ register_dataset("mnist", DatasetSpec((1, 28, 28), "MNIST through torchvision fr
                                       num_classes=10, loader=_mnist, fixed_size=True))  # fmt: skip
 register_dataset("digits8x8", DatasetSpec((1, 8, 8), "scikit-learn's 1,797 8×8 digits as images", num_classes=10, loader=_digits8x8, fixed_size=True))
 register_dataset("shapes", DatasetSpec((3, 32, 32), "generated 1-3 coloured shapes, 9 multi-hot labels (an iCLEVR stand-in, 003 report)",
-                                       num_labels=len(images.SHAPE_LABELS), loader=_shapes))  # fmt: skip
+                                       num_labels=len(images.SHAPE_LABELS), label_names=images.SHAPE_LABELS, loader=_shapes))  # fmt: skip
 
 
 def load_training_data(dataset: str, n: int, seed: int, download: bool = False) -> tuple[torch.Tensor, torch.Tensor, str]:

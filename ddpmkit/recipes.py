@@ -36,14 +36,16 @@ def mnist_cfg() -> RunConfig:
 
     Sized for a 2-core CPU: base width 16 (0.28 M parameters), 6,000 steps (5.5 it/s alone).
     """
-    unet = UNetConfig(in_channels=1, base_channels=16, channel_mults=(1, 2, 2), attn_levels=(2,), num_classes=10)
+    mnist = dataset_spec("mnist")
+    unet = UNetConfig(in_channels=mnist.shape[0], base_channels=16, channel_mults=(1, 2, 2), attn_levels=(2,), num_classes=mnist.num_classes)
     return _image_run("mnist", "class", unet, iterations=6000, n_train=60000)
 
 
 def shapes_cfg() -> RunConfig:
     """Multi-label shapes UNet (3×32×32, 9-label multi-hot through a linear layer, as the
     iCLEVR lab of the 003 report); label dropout 0.1 zeroes the whole vector for guidance."""
-    unet = UNetConfig(in_channels=3, base_channels=16, channel_mults=(1, 2, 2), attn_levels=(2,), num_labels=9)
+    shapes = dataset_spec("shapes")
+    unet = UNetConfig(in_channels=shapes.shape[0], base_channels=16, channel_mults=(1, 2, 2), attn_levels=(2,), num_labels=shapes.num_labels)
     return _image_run("shapes", "multi", unet, iterations=3000, n_train=20000)
 
 

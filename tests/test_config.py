@@ -159,3 +159,11 @@ def test_grading_limits_check_themselves(tmp_path, capsys):
     code, _, err = _cli(["grade", "a1", str(tmp_path / "x.ipynb"), "--out", str(tmp_path / "g.csv"), "--timeout", "-5"], capsys)
     assert code == 2 and "the sandbox limit timeout must be > 0, got -5.0 (--timeout)" in err
     assert not (tmp_path / "g.csv").exists()
+
+
+def test_sample_labels_come_from_the_data_set(tmp_path, capsys):
+    out = str(tmp_path / "s.png")
+    code, _, err = _cli(["sample", "shapes-cfg", "--label", "purple hexagon", "--n", "1", "--out", out, "--no-progress"], capsys)
+    assert code == 2 and "unknown label 'purple hexagon' of shapes; choose from red square, red circle" in err
+    code, _, err = _cli(["sample", "shapes-cfg", "--n", "1", "--out", out, "--no-progress"], capsys)
+    assert code == 2 and "this model is multi-label: pass --label 'red square,blue triangle'" in err

@@ -59,7 +59,7 @@ def guidance_sweep(model, schedule, classifier, real: torch.Tensor, ws, *, per_c
     """Class accuracy (by ``classifier``), feature-space FID/KID against ``real`` and within-class
     diversity of guided samples, for each guidance weight in ``ws``. The samples take the
     size of the real images they are compared with."""
-    labels = torch.arange(10).repeat_interleave(per_class)
+    labels = torch.arange(model.config.num_classes).repeat_interleave(per_class)  # every class in turn
     rows = []
     for w in ws:
         x, secs = _timed_guided_samples(model, schedule, labels, w, real, steps, seed)
@@ -132,14 +132,14 @@ def ddim_steps_sweep(model, schedule, classifier, real: torch.Tensor, w: float, 
                      per_class: int, ddpm_n: int = 0, seed: int = 0) -> list[dict]:  # fmt: skip
     """Guided MNIST samples by DDIM (η = 0) at each step count, and by 1,000-step ancestral
     DDPM on ``ddpm_n`` images as the reference: class accuracy, feature FID/KID and seconds."""
-    labels = torch.arange(10).repeat_interleave(per_class)
+    labels = torch.arange(model.config.num_classes).repeat_interleave(per_class)  # every class in turn
     rows = []
     for S in steps:
         x, secs = _timed_guided_samples(model, schedule, labels, w, real, S, seed)
         rows.append({"sampler": "DDIM", "steps": S, **score_class_samples(classifier, real, x, labels),
                      "seconds_per_image": secs / len(x), "samples": x})  # fmt: skip
     if ddpm_n:
-        y = torch.arange(ddpm_n) % 10
+        y = torch.arange(ddpm_n) % model.config.num_classes
         t0 = time.perf_counter()
         shape = (ddpm_n, model.config.in_channels, real.shape[-1], real.shape[-1])
         x = ddpm_sample(CFGModel(model, y, w), schedule, shape, clip_x0=(-1.0, 1.0), generator=torch.Generator().manual_seed(seed)).x
