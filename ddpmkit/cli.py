@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ddpmkit", description="Train, sample and evaluate DDPMs (the DDPM course companion).",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
+    from . import __version__
+
+    p.add_argument("--version", action="version", version=f"ddpmkit {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_train, _add_sample, _add_data_commands, _add_grading):
         add(sub)

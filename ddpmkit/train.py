@@ -208,7 +208,7 @@ class Trainer:
         }  # fmt: skip
 
     @classmethod
-    def resume(cls, run_dir: str | Path, download: bool = False, **overrides) -> Trainer:
+    def resume(cls, run_dir: str | Path, *, download: bool = False, **overrides) -> Trainer:
         """Rebuild a trainer from ``run_dir`` exactly where it stopped; ``overrides`` may set a
         new total of ``iterations`` or another ``device`` (see :data:`RESUMABLE`)."""
         cfg = apply_overrides(load_run_config(run_dir), overrides, resumed=True)

@@ -148,3 +148,12 @@ def test_readme_layout_names_every_module():
     named = set(re.findall(r"`([a-z_]+)`", layout.split("| `ddpmkit/` |", 1)[1].split("\n", 1)[0]))
     stems = {p.stem for p in pkg.glob("*.py")} | {"build_model"}
     assert named <= stems, f"README names modules that do not exist: {named - stems}"
+
+
+def test_cli_reports_the_one_version(capsys):
+    import ddpmkit
+    from ddpmkit.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"ddpmkit {ddpmkit.__version__}"
