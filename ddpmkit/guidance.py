@@ -2,8 +2,8 @@
 
 Two conventions for the same thing appear in the literature:
 
-* ε̃ = (1 + w) ε_c − w ε_u        (the CS726 report, 000_…; w = 0 is plain conditional)
-* ε̃ = ε_u + s (ε_c − ε_u)          (diffusers' ``guidance_scale``; s = 1 is plain conditional)
+* ε̃ = (1 + w) ε_c − w ε_u        (Ho & Salimans eq. 6, and the CS726 report 000_…; w = 0 is plain conditional)
+* ε̃ = ε_u + s (ε_c − ε_u)          (GLIDE, and diffusers' ``guidance_scale``; s = 1 is plain conditional)
 
 They are equal when s = 1 + w. :class:`CFGModel` takes ``w``; :func:`scale_to_w` converts.
 The conditional and unconditional predictions come from one batched call on [x; x] with
@@ -73,9 +73,9 @@ def diffusion_classify(
 
     For each image x0 and candidate label y, average ‖ε − ε̂_θ(x_t, t, y)‖² over the given
     timesteps and ``n_noise`` noise draws (the *same* draws for every y, so labels are
-    compared on equal terms); predict the label with the smallest error. This is a
-    Monte-Carlo estimate of the label with the best conditional ELBO, i.e. Bayes' rule with
-    a uniform prior over labels.
+    compared on equal terms); predict the label with the smallest error. This is an
+    L_simple surrogate for Bayes' rule with a uniform prior over labels: unweighted ε errors
+    at a few timesteps, not the conditional ELBO (which weights every one of the T steps).
 
     Returns ``(predictions (N,), errors (N, classes))``.
     """

@@ -4,7 +4,9 @@
   CS726 report (000_…) and the KAIST assignment (004_…): ``[cos(t ω_k), sin(t ω_k)]``.
 * :class:`TimeLinear`: a linear layer whose output is scaled, feature by feature, by an
   MLP of the time embedding (KAIST A1's ``TimeLinear``).
-* :class:`TimeLinearMLP`: KAIST A1's ``SimpleNet``; :class:`ConcatMLP`: the CS726 network,
+* :class:`TimeLinearMLP`: a stack of TimeLinear layers in the place of KAIST A1's ``SimpleNet``
+  (which the assignment leaves to the student): SiLU between layers, a plain linear output;
+  :class:`ConcatMLP`: the CS726 network,
   the noisy input concatenated with the time embedding.
 
 Every network takes ``(x, t)`` with ``x`` (B, D) and integer ``t`` of shape (B,) or (1,);
@@ -103,7 +105,8 @@ class MLPConfig:
 
 
 class TimeLinearMLP(nn.Module):
-    """KAIST A1 ``SimpleNet``: [TimeLinear -> SiLU] × len(hidden) -> Linear."""
+    """KAIST-like ``SimpleNet`` (the assignment leaves it to the student):
+    [TimeLinear -> SiLU] × len(hidden) -> Linear."""
 
     def __init__(self, config: MLPConfig):
         super().__init__()

@@ -13,7 +13,7 @@ MLP_KINDS = {"timelinear": TimeLinearMLP, "concat": ConcatMLP}  # MLPConfig.kind
 
 def build_model(config: ModelConfig) -> nn.Module:
     """The network ``config`` describes: :class:`UNet` for a :class:`UNetConfig`, else the MLP
-    named by ``config.kind`` (``timelinear``: KAIST A1's SimpleNet; ``concat``: CS726's)."""
+    named by ``config.kind`` (``timelinear``: a KAIST-like TimeLinear stack; ``concat``: CS726's)."""
     if isinstance(config, UNetConfig):
         return UNet(config)
     if config.kind not in MLP_KINDS:

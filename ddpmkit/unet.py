@@ -11,8 +11,9 @@ through the embedding added to the time embedding in every residual block:
 * ``num_labels=L``: a multi-hot vector (B, L) through ``nn.Linear(L, d)``, as the iCLEVR
   lab (003_…) does; the all-zero vector is the null condition.
 
-Inputs whose side is not a multiple of 2^(levels-1) (28×28 MNIST with three levels) are
-padded by reflection and the output cropped back, so 8×8, 28×28, 32×32 and 64×64 all work.
+Inputs whose side is not a multiple of 2^(levels-1) (30×30 with three levels, say) are
+padded by reflection and the output cropped back; 28×28 MNIST with three levels needs no
+padding (28 → 14 → 7). 8×8, 28×28, 32×32 and 64×64 all work.
 """
 
 from __future__ import annotations

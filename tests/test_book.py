@@ -50,3 +50,16 @@ def test_chapters_do_not_redefine_library_code(md):
     for mod in (ddpmkit, ddpmkit.diffusion, ddpmkit.samplers, ddpmkit.models, ddpmkit.metrics, ddpmkit.schedules):
         library |= set(dir(mod))
     assert not (set(defs) & library), f"{md.name} redefines library code: {set(defs) & library}"
+
+
+def test_intro_lists_every_chapter_of_the_toc():
+    """The landing page's list of chapters is the table of contents: a chapter added to
+    _toc.yml must be introduced there too."""
+    import yaml
+
+    root = CHAPTERS[0].parents[1]
+    toc = yaml.safe_load((root / "_toc.yml").read_text())
+    files = [c["file"].removeprefix("book/") for part in toc["parts"] for c in part["chapters"]]
+    intro = (root / "book" / "intro.md").read_text()
+    missing = [f for f in files if f"{{doc}}`{f}`" not in intro]
+    assert not missing, f"book/intro.md does not introduce {missing}"

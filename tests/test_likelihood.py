@@ -61,3 +61,27 @@ def test_gaussian_nll_matches_torch_distributions():
     x, m, lv = (torch.randn(500, generator=g, dtype=torch.float64) * 3 for _ in range(3))
     ref = -torch.distributions.Normal(m, (0.5 * lv).exp()).log_prob(x)
     torch.testing.assert_close(gaussian_nll(x, m, lv), ref, rtol=1e-12, atol=1e-12)
+
+
+def test_discretized_decoder_is_a_distribution_over_the_256_levels():
+    """For any mean and variance the 256 probabilities sum to 1, and each interior bin is
+    the difference of two normal CDFs (compared in float64 with torch.distributions)."""
+    from ddpmkit.likelihood import discretized_gaussian_log_likelihood
+
+    levels = torch.arange(256, dtype=torch.float64) * 2 / 255 - 1  # (256,)
+    g = torch.Generator().manual_seed(0)
+    for mean, logvar in [(0.0, math.log(1e-4)), (0.9, math.log(0.3)), (-1.7, math.log(1e-6)), (3.0, math.log(0.01)), (0.123, math.log(25.0))]:
+        m = torch.full_like(levels, mean)
+        lv = torch.full_like(levels, logvar)
+        logp = discretized_gaussian_log_likelihood(levels, m, lv)
+        assert torch.isfinite(logp).all() and (logp <= 0).all()
+        assert abs(float(logp.exp().sum()) - 1) < 1e-12, (mean, logvar, float(logp.exp().sum()))
+        normal = torch.distributions.Normal(torch.tensor(mean, dtype=torch.float64), torch.tensor(math.exp(0.5 * logvar), dtype=torch.float64))
+        inner = slice(1, 255)
+        ref = normal.cdf(levels[inner] + 1 / 255) - normal.cdf(levels[inner] - 1 / 255)
+        ok = ref > 1e-300
+        torch.testing.assert_close(logp[inner].exp()[ok], ref[ok], rtol=1e-9, atol=1e-15)
+    # a random pixel image: finite everywhere, even far in the tails
+    x = torch.randint(0, 256, (4, 1, 8, 8), generator=g).double() * 2 / 255 - 1
+    far = discretized_gaussian_log_likelihood(x, x + 40.0, torch.full_like(x, math.log(1e-4)))
+    assert torch.isfinite(far).all()

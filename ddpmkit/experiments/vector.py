@@ -63,8 +63,9 @@ def sample_and_score(
     """Draw ``n`` samples with the EMA network and score them against a fresh data draw.
 
     Returns the metrics of :func:`ddpmkit.metrics.evaluate_samples` plus the samples, the
-    sampling wall time and ``finite_fraction``. A chain that diverged (any non-finite
-    sample) gets NaN metrics instead of an error, so that a sweep can report it.
+    sampling wall time, ``finite_fraction`` and ``diverged`` (the number of chains whose sample is
+    not finite). When any chain diverged the metrics are NaN instead of an error, so that a
+    sweep can report it.
     """
     model, sched, cfg = trainer.sampling_model, trainer.schedule, trainer.config
     gen = torch.Generator().manual_seed(seed)
@@ -75,13 +76,14 @@ def sample_and_score(
     seconds = time.perf_counter() - t0
     samples = x.numpy()
     ref = load_dataset(cfg.dataset, n, seed=ref_seed)
-    finite = float(np.isfinite(samples).all(axis=1).mean())
+    finite_rows = np.isfinite(samples).all(axis=1)  # (n,) one flag per chain
+    finite = float(finite_rows.mean())
     if finite < 1.0:
         nan = float("nan")
         metrics = {"n_samples": n, "n_reference": n, "emd": nan, "chamfer": nan, "chamfer_mean": nan, "kde_nll": nan}
     else:
         metrics = evaluate_samples(samples, ref)
-    return {**metrics, "samples": samples, "sample_seconds": seconds, "finite_fraction": finite}
+    return {**metrics, "samples": samples, "sample_seconds": seconds, "finite_fraction": finite, "diverged": int((~finite_rows).sum())}
 
 
 def elbo_bpd(trainer: Trainer, n: int, seed: int = 2) -> dict:
