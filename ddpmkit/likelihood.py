@@ -36,12 +36,14 @@ def gaussian_nll(x, mean, logvar) -> torch.Tensor:
     return 0.5 * (math.log(2 * math.pi) + logvar + (x - mean) ** 2 * torch.exp(-logvar))
 
 
-def discretized_gaussian_log_likelihood(x: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+def discretized_gaussian_log_likelihood(x: torch.Tensor, mean: torch.Tensor,
+                                        logvar: torch.Tensor) -> torch.Tensor:
     """log p(x) of pixel values on the 256-level grid {-1, -1 + 2/255, ..., 1} under the
     discretized Gaussian decoder of Ho et al. (2020), eq. (13), elementwise:
 
         p(x) = ∫_{δ−(x)}^{δ+(x)} N(u; mean, e^logvar) du,
-        δ+(x) = +∞ if x = 1 else x + 1/255,    δ−(x) = −∞ if x = −1 else x − 1/255.
+        δ+(x) = +∞ if x = 1 else x + 1/255,
+        δ−(x) = −∞ if x = −1 else x − 1/255.
 
     The 256 probabilities sum to 1. Each log is taken stably: log Φ at the edges, and the
     difference of two normal CDFs in whichever tail keeps it away from 1 − 1.
@@ -51,12 +53,15 @@ def discretized_gaussian_log_likelihood(x: torch.Tensor, mean: torch.Tensor, log
     lower = (x - 1 / 255 - mean) / std
     log_ndtr = torch.special.log_ndtr
     # 1. interior bins: log(Φ(u) − Φ(l)), computed in the tail the bin lies in
-    left = log_ndtr(upper) + torch.log1p(-torch.exp(log_ndtr(lower) - log_ndtr(upper)))  # Φ(u) − Φ(l)
-    right = log_ndtr(-lower) + torch.log1p(-torch.exp(log_ndtr(-upper) - log_ndtr(-lower)))  # Φ(−l) − Φ(−u)
+    lo, up = log_ndtr(lower), log_ndtr(upper)  # log Φ(l), log Φ(u)
+    lo_c, up_c = log_ndtr(-lower), log_ndtr(-upper)  # log Φ(−l), log Φ(−u)
+    left = up + torch.log1p(-torch.exp(lo - up))  # log(Φ(u) − Φ(l))
+    right = lo_c + torch.log1p(-torch.exp(up_c - lo_c))  # log(Φ(−l) − Φ(−u))
     inner = torch.where(upper + lower < 0, left, right)
     # 2. the two edge bins extend to ±∞
-    edge_low, edge_high = log_ndtr(upper), log_ndtr(-lower)
-    return torch.where(x < -1 + 1 / 255, edge_low, torch.where(x > 1 - 1 / 255, edge_high, inner))
+    edge_low, edge_high = up, lo_c  # log Φ(u) for x = −1, log Φ(−l) for x = 1
+    inner = torch.where(x > 1 - 1 / 255, edge_high, inner)
+    return torch.where(x < -1 + 1 / 255, edge_low, inner)
 
 
 def _sum_dims(x: torch.Tensor) -> torch.Tensor:
