@@ -169,10 +169,13 @@ def nearest_label(points: np.ndarray | torch.Tensor, reference: np.ndarray, refe
     return reference_labels[d.argmin(1).numpy()]
 
 
-def moons_guidance_sweep(trainer: Trainer, ws, *, n_per_class: int = 1000, steps: int = 100, seed: int = 0) -> list[dict]:
+def moons_guidance_sweep(trainer: Trainer, ws, *, n_per_class: int = 1000, steps: int = 100, seed: int = 0,
+                         guide=CFGModel) -> list[dict]:  # fmt: skip
     """Guided samples of each moon at each w: class accuracy by 1-NN against 20,000 labelled
     real points, EMD to that class's real points (lower: closer to the class distribution)
-    and the per-class spread (mean distance to the class's sample mean: a diversity measure)."""
+    and the per-class spread (mean distance to the class's sample mean: a diversity measure).
+    ``guide(model, y, w)`` makes the guided network: classifier-free guidance by default, or
+    e.g. ``lambda m, y, s: ClassifierGuidedModel(m, classifier, y, s, schedule)``."""
     from ..metrics import emd
 
     ref, ref_y = load_dataset("moons", 20000, seed=99, return_labels=True)
@@ -183,7 +186,7 @@ def moons_guidance_sweep(trainer: Trainer, ws, *, n_per_class: int = 1000, steps
         for c in (0, 1):
             y = torch.full((n_per_class,), c)
             gen = torch.Generator().manual_seed(seed + c)
-            x = ddim_sample(CFGModel(trainer.sampling_model, y, w), trainer.schedule, (n_per_class, 2), steps=steps, generator=gen).x
+            x = ddim_sample(guide(trainer.sampling_model, y, w), trainer.schedule, (n_per_class, 2), steps=steps, generator=gen).x
             acc.append(float((nearest_label(x, ref, ref_y) == c).mean()))
             emds.append(emd(x.numpy(), ref[ref_y == c], n=n_per_class, repeats=1, seed=seed))
             spread.append(float((x - x.mean(0)).norm(dim=1).mean()))
