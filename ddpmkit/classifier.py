@@ -11,6 +11,7 @@ anyway. Numbers from this FID are comparable with each other, not with published
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass
 
 import torch
@@ -184,7 +185,9 @@ def feature_fid_kid(model: ImageClassifier, real: torch.Tensor, fake: torch.Tens
     feat = _Features(model)
     subset = min(kid_subset, len(real), len(fake))
     fid = FrechetInceptionDistance(feature=feat, reset_real_features=True)
-    kid = KernelInceptionDistance(feature=feat, subset_size=subset, reset_real_features=True)
+    with warnings.catch_warnings():  # torchmetrics warns that KID keeps its features in memory: known, and small here
+        warnings.filterwarnings("ignore", message="Metric `Kernel Inception Distance` will save", category=UserWarning)
+        kid = KernelInceptionDistance(feature=feat, subset_size=subset, reset_real_features=True)
     for metric in (fid, kid):
         for i in range(0, len(real), 500):
             metric.update(real[i : i + 500], real=True)

@@ -72,7 +72,7 @@ def _find(raw: Path, stem: str) -> Path | None:
     return None
 
 
-def load_mnist(split: str = "train", root: str | os.PathLike | None = None, download: bool = False) -> ImageData:
+def load_mnist(split: str = "train", root: str | os.PathLike | None = None, download: bool = False, warn: bool = True) -> ImageData:
     """MNIST digits, (N, 1, 28, 28) in [-1, 1] with labels 0..9.
 
     1. If torchvision finds (or, with ``download=True``, fetches) the full data set under
@@ -80,7 +80,9 @@ def load_mnist(split: str = "train", root: str | os.PathLike | None = None, down
        ``split="eval"`` the 10,000 test images.
     2. Otherwise, if only the test split's two files are there (as in CI), a fixed 1,000 of
        its images (seeded permutation) are kept out as ``eval`` and the other 9,000 are
-       ``train``, with a :class:`MissingTrainingSplitWarning`.
+       ``train``, with a :class:`MissingTrainingSplitWarning` (``warn=False`` for a caller
+       that tells its reader itself, as the book's prose does; ``ImageData.source`` records
+       the substitution either way).
     3. With no files at all, ``FileNotFoundError`` says where to put them.
     """
     if split not in ("train", "eval"):
@@ -109,13 +111,14 @@ def load_mnist(split: str = "train", root: str | os.PathLike | None = None, down
         raise ValueError(f"{img_p.name} has {len(images)} images but {lab_p.name} has {len(labels)} labels")
     perm = np.random.default_rng(0).permutation(len(images))
     idx = perm[:MNIST_HELD_OUT] if split == "eval" else perm[MNIST_HELD_OUT:]
-    warnings.warn(
-        f"MNIST's training split is missing from {raw}; using the test split instead: "
-        f"{len(images) - MNIST_HELD_OUT} of its images for training and a fixed {MNIST_HELD_OUT} held out "
-        f"for evaluation (ImageData.source records this).",
-        MissingTrainingSplitWarning,
-        stacklevel=2,
-    )
+    if warn:
+        warnings.warn(
+            f"MNIST's training split is missing from {raw}; using the test split instead: "
+            f"{len(images) - MNIST_HELD_OUT} of its images for training and a fixed {MNIST_HELD_OUT} held out "
+            f"for evaluation (ImageData.source records this).",
+            MissingTrainingSplitWarning,
+            stacklevel=2,
+        )
     what = (
         f"MNIST test split minus {MNIST_HELD_OUT} held-out images ({len(idx)} images; training split missing)"
         if split == "train"

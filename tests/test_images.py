@@ -181,3 +181,18 @@ def test_image_folder(tmp_path):
     assert d.images.shape == (4, 3, 16, 16) and d.labels.tolist() == [0, 0, 1, 1]
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_image_folder(tmp_path / "nope")
+
+
+def test_mnist_fallback_can_be_quiet_and_kid_does_not_warn(test_split_only):
+    """The book states the MNIST substitution in its prose and asks for no warning; the
+    feature FID/KID prints none either (torchmetrics' buffer notice is expected)."""
+    from ddpmkit.classifier import ClassifierConfig, ImageClassifier, feature_fid_kid
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        held = load_mnist("eval", root=test_split_only, warn=False)
+        assert "training split missing" in held.source
+        torch.manual_seed(0)
+        feature_fid_kid(ImageClassifier(ClassifierConfig(features=8)).eval(), held.images[:40], held.images[40:80], kid_subset=20)
+    with pytest.warns(MissingTrainingSplitWarning):
+        load_mnist("eval", root=test_split_only)
