@@ -29,3 +29,15 @@ def trajectory_grid(states: Sequence, timesteps: Sequence[int], n_panels: int = 
         t = timesteps[i]
         scatter2d(ax, np.asarray(states[i]), title=f"$x_{{{t + 1}}}$" if t >= 0 else "$x_0$", lim=lim)
     return fig
+
+
+def animation_html(anim):
+    """A matplotlib animation as self-contained HTML: every frame embedded, so it plays
+    without a kernel and offline. matplotlib's ``to_jshtml`` links Font Awesome from a CDN
+    for its button icons; that link is dropped (the book's theme ships Font Awesome)."""
+    import re
+
+    from IPython.display import HTML
+
+    html = anim.to_jshtml(default_mode="once")
+    return HTML(re.sub(r'<link rel="stylesheet"\s+href="https?://[^"]*">', "", html))

@@ -63,3 +63,22 @@ def test_intro_lists_every_chapter_of_the_toc():
     intro = (root / "book" / "intro.md").read_text()
     missing = [f for f in files if f"{{doc}}`{f}`" not in intro]
     assert not missing, f"book/intro.md does not introduce {missing}"
+
+
+def test_animations_are_self_contained():
+    """An animation in the book plays offline: its HTML embeds every frame and fetches nothing."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib import animation
+
+    from ddpmkit.viz import animation_html
+
+    fig, ax = plt.subplots()
+    (line,) = ax.plot([0, 1], [0, 1])
+    anim = animation.FuncAnimation(fig, lambda i: (line.set_ydata([0, i]), line)[1:], frames=3)
+    html = animation_html(anim).data
+    plt.close(fig)
+    assert "http://" not in html and "https://" not in html
+    assert html.count("data:image/png;base64") == 3
