@@ -4,42 +4,33 @@ with the KAIST A1 defaults, training in memory, sampling and scoring, the ELBO, 
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..data import dataset_spec, load_dataset
-from ..diffusion import Predictor
+from ..data import load_dataset
 from ..likelihood import elbo_terms
 from ..metrics import evaluate_samples
-from ..models import MLPConfig
-from ..samplers import sample
+from ..recipes import for_dataset
+from ..samplers import SAMPLERS, sample
 from ..schedules import ScheduleConfig
-from ..train import RunConfig, TrainConfig, Trainer
+from ..train import RunConfig, Trainer
 
 
-def run_config(
-    dataset: str = "swiss_roll",
-    *,
-    iterations: int = 5000,
-    T: int = 1000,
-    schedule: ScheduleConfig | None = None,
-    predictor: Predictor = "eps",
-    seed: int = 0,
-    num_classes: int | None = None,
-    **train_kwargs,
-) -> RunConfig:
-    """A :class:`RunConfig` with the KAIST A1 defaults, changed where asked; with
-    ``num_classes`` a class-conditional run (label dropout 0.1 for guidance)."""
-    sched = schedule if schedule is not None else ScheduleConfig(T=T)
-    return RunConfig(
-        dataset=dataset,  # type: ignore[arg-type]
-        cond="none" if num_classes is None else "class",
-        model=MLPConfig(dim=dataset_spec(dataset).shape[0], num_classes=num_classes),
-        schedule=sched,
-        train=TrainConfig(iterations=iterations, predictor=predictor, seed=seed, checkpoint_every=iterations, **train_kwargs),
-    )
+def run_config(dataset: str = "swiss_roll", *, T: int | None = None, schedule: ScheduleConfig | None = None,
+               num_classes: int | None = None, **train_kwargs) -> RunConfig:  # fmt: skip
+    """The data set's starting config (:func:`ddpmkit.recipes.for_dataset`: the KAIST A1
+    set-up), with ``T`` or a whole ``schedule`` and any :class:`TrainConfig` field changed;
+    ``num_classes`` asks for a class-conditional run (it must be the set's number of classes).
+    Runs here live in memory, so the only checkpoint is the last step."""
+    cfg = for_dataset(dataset, "class" if num_classes is not None else None)
+    if num_classes is not None and num_classes != cfg.model.num_classes:
+        raise ValueError(f"{dataset} has {cfg.model.num_classes} classes, not num_classes={num_classes}")
+    sched = schedule if schedule is not None else replace(cfg.schedule, T=T) if T is not None else cfg.schedule
+    train = replace(cfg.train, **train_kwargs)
+    return replace(cfg, schedule=sched, train=replace(train, checkpoint_every=train.iterations))
 
 
 def train(config: RunConfig, progress: bool = False) -> Trainer:
@@ -71,7 +62,8 @@ def sample_and_score(
     gen = torch.Generator().manual_seed(seed)
     shape = (n, cfg.model.dim)
     t0 = time.perf_counter()
-    options = {"steps": steps or sched.T, "eta": eta} if sampler == "ddim" else {}
+    given = {"steps": steps or sched.T, "eta": eta}
+    options = {k: v for k, v in given.items() if k in SAMPLERS[sampler].options}  # what this sampler takes
     x = sample(sampler, model, sched, shape, predictor=cfg.train.predictor, generator=gen, clip_x0=clip_x0, **options).x
     seconds = time.perf_counter() - t0
     samples = x.numpy()
