@@ -173,7 +173,7 @@ def _add_grading(sub) -> None:
     """``ddpmkit grade`` and ``assign``."""
     g = sub.add_parser("grade", help="grade notebooks in sandboxes: per-question points, feedback JSON, CSV gradebook",
                        epilog="example: ddpmkit grade a1 submissions/*.ipynb --out grades.csv -j 2")
-    g.add_argument("assignment", help="a1, a2, a3 or a4 (or a source name such as a1_forward)")
+    g.add_argument("assignment", help="a1 ... a5 (or a source name such as a1_forward)")
     g.add_argument("submissions", nargs="+", type=Path, help="notebooks: NAME.ipynb, or NAME/<assignment>.ipynb")
     g.add_argument("--out", type=Path, required=True, help="the CSV gradebook (written atomically after each submission)")
     g.add_argument("--feedback", type=Path, default=None, help="folder of per-student JSON feedback (default: <out>-feedback/)")

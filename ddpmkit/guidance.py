@@ -12,7 +12,7 @@ labels [y; null], so guidance costs one network call of twice the batch per step
 *Classifier* guidance (Dhariwal & Nichol 2021) instead adds the gradient of a separately
 trained noise-conditional classifier p_φ(y | x_t) to an ε-prediction:
 ε̃ = ε_θ(x_t, t) − s √(1 − ᾱ_t) ∇_{x_t} log p_φ(y | x_t) (:func:`classifier_guided_eps`,
-:class:`ClassifierGuidedModel`, :class:`NoisyClassifier`).
+:func:`classifier_grad`, :class:`ClassifierGuidedModel`, :class:`NoisyClassifier`).
 """
 
 from __future__ import annotations
@@ -164,6 +164,17 @@ def classifier_guided_eps(eps: torch.Tensor, grad_log_p: torch.Tensor, sqrt_one_
     return eps - scale * sqrt_one_minus_abar * grad_log_p
 
 
+def classifier_grad(classifier: nn.Module, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """∇_{x_t} log p_φ(y | x_t) of a noise-conditional ``classifier(x, t) -> logits (B, K)``,
+    one gradient per sample (the samples do not interact, so the gradient of the sum of the
+    log-probabilities is each sample's own). Works inside ``torch.no_grad()``."""
+    with torch.enable_grad():  # the samplers run without gradients
+        x_in = x.detach().requires_grad_(True)  # (B, ...)
+        log_p = F.log_softmax(classifier(x_in, t), dim=-1)  # (B, K)
+        picked = log_p.gather(1, y.to(x.device).reshape(-1, 1)).sum()
+        return torch.autograd.grad(picked, x_in)[0]  # (B, ...)
+
+
 class ClassifierGuidedModel(nn.Module):
     """``model`` guided towards ``y`` by the gradient of ``classifier``: a drop-in network for
     the samplers. The network is called without a label (its unconditional prediction: the
@@ -174,17 +185,13 @@ class ClassifierGuidedModel(nn.Module):
         if scale < 0:
             raise ValueError(f"guidance scale must be >= 0 (0 is unguided sampling), got scale={scale}")
         self.model, self.classifier, self.y, self.scale = model, classifier, y, float(scale)
-        self.sqrt_one_minus_abar = schedule.sqrt_one_minus_alphas_cumprod.float()  # (T,)
+        self.sqrt_one_minus_abar = schedule.sqrt_one_minus_alphas_cumprod  # (T,), cast to x's dtype at use
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         eps = self.model(x, t)  # 1. the unconditional prediction
         if self.scale == 0:
             return eps
-        with torch.enable_grad():  # 2. ∇_x log p_φ(y | x_t), the samplers run without gradients
-            x_in = x.detach().requires_grad_(True)
-            log_p = F.log_softmax(self.classifier(x_in, t), dim=-1)  # (B, K)
-            picked = log_p.gather(1, self.y.to(x.device).reshape(-1, 1)).sum()
-            grad = torch.autograd.grad(picked, x_in)[0]  # (B, D)
+        grad = classifier_grad(self.classifier, x, t, self.y)  # 2. ∇_x log p_φ(y | x_t), (B, ...)
         # 3. ε̃ = ε − s √(1 − ᾱ_t) ∇ log p_φ(y | x_t)
         coef = self.sqrt_one_minus_abar[t.reshape(-1).cpu()].to(x).reshape(-1, *[1] * (x.dim() - 1))  # (B or 1, 1, ...)
         return classifier_guided_eps(eps, grad, coef, self.scale)

@@ -68,6 +68,22 @@ def _sum_dims(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(x.shape[0], -1).sum(dim=1)
 
 
+def model_log_variance(schedule: NoiseSchedule, variance: Variance) -> torch.Tensor:
+    """log σ_t² of p_θ(x_{t-1} | x_t), (T,): σ_t² = β_t or β̃_t (β̃ clipped at t = 1, where it is 0)."""
+    _check_variance(variance)
+    return schedule.betas.log() if variance == "beta" else schedule.posterior_log_variance_clipped
+
+
+def diffusion_kl(schedule: NoiseSchedule, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
+                 mean_hat: torch.Tensor, logvar_model: torch.Tensor) -> torch.Tensor:
+    """L_{t-1} = KL(q(x_{t-1} | x_t, x0) ‖ N(mean_hat, e^logvar_model)) per sample, in nats, (B,):
+    the posterior of eqs. (6-7) against the model's step, summed over dimensions.
+    ``logvar_model`` is one log-variance (0-d) or one per sample (B,)."""
+    m_q, _, logvar_q = q_posterior(schedule, x0, x_t, t)  # (B, ...), _, (B, 1, ...)
+    logvar_p = logvar_model.reshape(-1, *[1] * (x0.dim() - 1)) if logvar_model.dim() else logvar_model  # (B, 1, ...)
+    return _sum_dims(normal_kl(m_q, logvar_q, mean_hat, logvar_p.expand_as(x0)))  # (B,)
+
+
 @torch.no_grad()
 def elbo_terms(
     model: Callable[..., torch.Tensor],
@@ -86,7 +102,6 @@ def elbo_terms(
     ``decoder`` (L_0), ``total`` (their sum, the negative ELBO) and ``bpd``
     (total / (D ln 2), D the number of dimensions of one sample).
     """
-    _check_variance(variance)
     device = model_device(model)
     s64 = schedule.to(device, torch.float64)
     s = schedule.to(device)
@@ -94,7 +109,7 @@ def elbo_terms(
     x0d = x0.double()
     B, D = x0.shape[0], x0[0].numel()
     kwargs = model_kwargs or {}
-    logvar_model = (s64.betas.log() if variance == "beta" else s64.posterior_log_variance_clipped)  # (T,)
+    logvar_model = model_log_variance(s64, variance)  # (T,)
     # L_T: KL(N(√ᾱ_T x0, 1-ᾱ_T) ‖ N(0, 1))
     T = s.T
     mT = s64.sqrt_alphas_cumprod[-1] * x0d
@@ -107,8 +122,7 @@ def elbo_terms(
         mean_hat = convert(s, predictor, model(x_t, t[:1], **kwargs), x_t, t).mean.double()
         if i == 0:  # L_0 = -log N(x0; μ̂_θ(x_1, 1), σ_1²)
             decoder = _sum_dims(gaussian_nll(x0d, mean_hat, logvar_model[0].expand_as(x0d)))
-        else:  # L_{t-1} = KL(q(x_{t-1}|x_t, x0) ‖ p_θ(x_{t-1}|x_t))
-            m_q, _, logvar_q = q_posterior(s64, x0d, x_t.double(), t)
-            diffusion += _sum_dims(normal_kl(m_q, logvar_q, mean_hat, logvar_model[i].expand_as(x0d)))
+        else:
+            diffusion += diffusion_kl(s64, x0d, x_t.double(), t, mean_hat, logvar_model[i])
     total = prior + diffusion + decoder
     return {"prior": prior, "diffusion": diffusion, "decoder": decoder, "total": total, "bpd": total / (D * math.log(2))}

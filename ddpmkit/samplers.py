@@ -127,6 +127,18 @@ def ddim_timesteps(T: int, steps: int, spacing: Spacing = "leading") -> np.ndarr
     return np.ascontiguousarray(ts[::-1]).astype(np.int64)
 
 
+def ddim_coefficients(abar: torch.Tensor, abar_prev: torch.Tensor, eta: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The DDIM step from t to t' < t as x_{t'} = c_x0 x̂0 + c_eps ε̂ + σ z (Song et al. 2021):
+
+        σ     = η √((1-ᾱ_{t'})/(1-ᾱ_t)) √(1 - ᾱ_t/ᾱ_{t'})      eq. (16)
+        c_x0  = √ᾱ_{t'}                                           eq. (12)
+        c_eps = √(1 - ᾱ_{t'} - σ²)                                eq. (12)
+
+    ``abar`` is ᾱ_t and ``abar_prev`` ᾱ_{t'} (1 for the step to x_0), tensors of any one shape."""
+    sig = eta * ((1 - abar_prev) / (1 - abar)).sqrt() * (1 - abar / abar_prev).sqrt()
+    return abar_prev.sqrt(), (1 - abar_prev - sig**2).clamp(min=0).sqrt(), sig
+
+
 @torch.no_grad()
 def ddim_sample(
     model: Callable[..., torch.Tensor],
@@ -161,9 +173,7 @@ def ddim_sample(
     ts = torch.as_tensor(ddim_timesteps(s.T, steps, spacing), device=device)  # (S,) descending
     abar = s.alphas_cumprod[ts]  # (S,)
     abar_prev = torch.cat([s.alphas_cumprod[ts[1:]], abar.new_ones(1)])  # (S,)
-    sig = eta * ((1 - abar_prev) / (1 - abar)).sqrt() * (1 - abar / abar_prev).sqrt()  # (S,) eq. (16)
-    c_x0 = abar_prev.sqrt()  # (S,)
-    c_eps = (1 - abar_prev - sig**2).clamp(min=0).sqrt()  # (S,)
+    c_x0, c_eps, sig = ddim_coefficients(abar, abar_prev, eta)  # (S,) each
     kwargs = model_kwargs or {}
     x = _prior(shape, x_T, generator, device)
     out = SampleOutput(x=x)

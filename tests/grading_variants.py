@@ -381,6 +381,90 @@ def classify(model, x0, ts, noises, betas):  # a loop per example
                 e[:, k] += d.reshape(B, -1).pow(2).mean(1) / len(ts)
     return e.argmin(1), e""",
     ],
+    # ---- A5 ----
+    "ddim_step": [
+        """def ddim_step(model, x_t, t, t_prev, eta, z, betas):  # float32 throughout
+    abar = torch.cumprod(1 - betas.float(), 0)
+    a, ap = abar[t], (abar[t_prev] if t_prev >= 0 else torch.tensor(1.0))
+    eps = model(x_t, torch.full((x_t.shape[0],), t))
+    x0 = (x_t - (1 - a).sqrt() * eps) / a.sqrt()
+    sig = eta * ((1 - ap) / (1 - a) * (1 - a / ap)).sqrt()
+    return ap.sqrt() * x0 + (1 - ap - sig ** 2).clamp(min=0).sqrt() * eps + sig * z""",
+        """def ddim_step(model, x_t, t, t_prev, eta, z, betas):  # float64 state, Python floats, cast back
+    abar = np.cumprod(1 - betas.numpy())
+    a, ap = float(abar[t]), (float(abar[t_prev]) if t_prev >= 0 else 1.0)
+    eps = model(x_t, torch.tensor([t])).double()
+    x0 = (x_t.double() - math.sqrt(1 - a) * eps) / math.sqrt(a)
+    sig = eta * math.sqrt((1 - ap) / (1 - a)) * math.sqrt(1 - a / ap)
+    out = math.sqrt(ap) * x0 + math.sqrt(max(0.0, 1 - ap - sig * sig)) * eps + sig * z.double()
+    return out.float()""",
+        """def ddim_step(model, x_t, t, t_prev, eta, z, betas):  # the direction form: x_t rescaled, plus eps
+    abar = torch.cumprod(1 - betas, 0)
+    a = abar[t]; ap = abar[t_prev] if t_prev >= 0 else abar.new_ones(())
+    eps = model(x_t, t)
+    sig = eta * torch.sqrt((1 - ap) / (1 - a)) * torch.sqrt(1 - a / ap)
+    c_eps = torch.sqrt(torch.clamp(1 - ap - sig ** 2, min=0)) - torch.sqrt(ap) * torch.sqrt(1 - a) / torch.sqrt(a)
+    return ((ap / a).sqrt() * x_t.double() + c_eps * eps.double() + sig * z.double()).to(x_t.dtype)""",
+    ],
+    "kl_term": [
+        """def kl_term(x0, x_t, t, eps_hat, betas, variance):  # float32 throughout
+    b = betas.float(); a = 1 - b; abar = torch.cumprod(a, 0); prev = torch.cat([torch.ones(1), abar[:-1]])
+    sh = (-1,) + (1,) * (x0.dim() - 1)
+    bt = b * (1 - prev) / (1 - abar)
+    mq = (prev.sqrt() * b / (1 - abar))[t].view(sh) * x0 + (a.sqrt() * (1 - prev) / (1 - abar))[t].view(sh) * x_t
+    mp = (x_t - (b / (1 - abar).sqrt())[t].view(sh) * eps_hat) / a.sqrt()[t].view(sh)
+    vq, vp = bt[t].view(sh), (b if variance == "beta" else bt)[t].view(sh)
+    return (0.5 * (vp.log() - vq.log() + vq / vp + (mq - mp) ** 2 / vp - 1)).flatten(1).sum(1)""",
+        """def kl_term(x0, x_t, t, eps_hat, betas, variance):  # torch.distributions, in float64
+    a = 1 - betas; abar = torch.cumprod(a, 0); prev = torch.cat([abar.new_ones(1), abar[:-1]])
+    sh = (-1,) + (1,) * (x0.dim() - 1)
+    bt = betas * (1 - prev) / (1 - abar)
+    mq = (prev.sqrt() * betas / (1 - abar))[t].view(sh) * x0.double() + (a.sqrt() * (1 - prev) / (1 - abar))[t].view(sh) * x_t.double()
+    mp = (x_t.double() - (betas / (1 - abar).sqrt())[t].view(sh) * eps_hat.double()) / a.sqrt()[t].view(sh)
+    vp = (betas if variance == "beta" else bt)[t].view(sh)
+    q = torch.distributions.Normal(mq, bt[t].view(sh).sqrt().expand_as(mq))
+    p = torch.distributions.Normal(mp, vp.sqrt().expand_as(mp))
+    return torch.distributions.kl_divergence(q, p).flatten(1).sum(1).float()""",
+        """def kl_term(x0, x_t, t, eps_hat, betas, variance):  # the mean gap in epsilon form, a loop per example
+    out = torch.zeros(x0.shape[0])
+    abar = torch.cumprod(1 - betas, 0)
+    for i in range(x0.shape[0]):
+        k = int(t[i]); b, ab, ap = float(betas[k]), float(abar[k]), float(abar[k - 1])
+        bt = b * (1 - ap) / (1 - ab); vp = b if variance == "beta" else bt
+        eps = (x_t[i].double() - math.sqrt(ab) * x0[i].double()) / math.sqrt(1 - ab)  # the noise that made x_t
+        gap = b / math.sqrt(1 - ab) / math.sqrt(1 - b) * (eps - eps_hat[i].double())  # mu~ - mu_theta
+        d = x0[i].numel()
+        out[i] = 0.5 * (d * (math.log(vp / bt) + bt / vp - 1) + float((gap ** 2).sum()) / vp)
+    return out""",
+    ],
+    "classifier_guided_eps": [
+        """def classifier_guided_eps(model, classifier, x, t, y, scale, betas):  # backward() and .grad
+    eps = model(x, t).detach()
+    x_in = x.clone().requires_grad_(True)
+    with torch.enable_grad():
+        lp = F.log_softmax(classifier(x_in, t), dim=1).gather(1, y[:, None]).sum()
+        lp.backward()
+    s = (1 - torch.cumprod(1 - betas.float(), 0)[t]).sqrt().view(-1, *([1] * (x.dim() - 1)))
+    return eps - scale * s * x_in.grad""",
+        """def classifier_guided_eps(model, classifier, x, t, y, scale, betas):  # the softmax gradient by hand, per example
+    abar = torch.cumprod(1 - betas, 0)
+    out = model(x, t).detach().clone()
+    for i in range(x.shape[0]):
+        xi = x[i:i + 1].detach().requires_grad_(True)
+        with torch.enable_grad():
+            logits = classifier(xi, t)[0]
+            lp = logits[y[i]] - torch.logsumexp(logits, 0)
+            (g,) = torch.autograd.grad(lp, xi)
+        out[i] = out[i] - scale * math.sqrt(1 - float(abar[int(t)])) * g[0]
+    return out""",
+        """def classifier_guided_eps(model, classifier, x, t, y, scale, betas):  # torch.func, float64 coefficient
+    from torch.func import grad, vmap
+    def log_p(xi, yi):
+        return torch.log_softmax(classifier(xi[None], t), -1)[0].gather(0, yi[None])[0]
+    g = vmap(grad(log_p))(x, y)
+    c = (1 - torch.cumprod(1 - betas, 0)[t]).sqrt()
+    return (model(x, t).double() - scale * c.reshape(-1, *([1] * (x.dim() - 1))) * g.double()).float()""",
+    ],
 }
 
 WRONG = {
@@ -466,4 +550,25 @@ def classify(model, x0, ts, noises, betas):  # the null label counted as a class
             err[:, k] += ((model(x_t, torch.tensor([t]), torch.full((x0.shape[0],), k)) - eps) ** 2).flatten(1).mean(1)
     err /= len(ts)
     return err.argmin(1), err""",
+    "ddim_step": """def ddim_step(model, x_t, t, t_prev, eta, z, betas):  # sigma without the sqrt((1 - abar_prev) / (1 - abar_t)) factor
+    abar = torch.cumprod(1 - betas.float(), 0)
+    a, ap = abar[t], (abar[t_prev] if t_prev >= 0 else torch.tensor(1.0))
+    eps = model(x_t, torch.full((x_t.shape[0],), t))
+    x0 = (x_t - (1 - a).sqrt() * eps) / a.sqrt()
+    sig = eta * (1 - a / ap).sqrt()
+    return ap.sqrt() * x0 + (1 - ap - sig ** 2).clamp(min=0).sqrt() * eps + sig * z""",
+    "kl_term": """def kl_term(x0, x_t, t, eps_hat, betas, variance):  # the mean term alone, whatever the variance
+    b = betas.float(); a = 1 - b; abar = torch.cumprod(a, 0); prev = torch.cat([torch.ones(1), abar[:-1]])
+    sh = (-1,) + (1,) * (x0.dim() - 1)
+    bt = b * (1 - prev) / (1 - abar)
+    mq = (prev.sqrt() * b / (1 - abar))[t].view(sh) * x0 + (a.sqrt() * (1 - prev) / (1 - abar))[t].view(sh) * x_t
+    mp = (x_t - (b / (1 - abar).sqrt())[t].view(sh) * eps_hat) / a.sqrt()[t].view(sh)
+    vp = (b if variance == "beta" else bt)[t].view(sh)
+    return (0.5 * (mq - mp) ** 2 / vp).flatten(1).sum(1)""",
+    "classifier_guided_eps": """def classifier_guided_eps(model, classifier, x, t, y, scale, betas):  # the gradient added, not subtracted
+    x_in = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        g = torch.autograd.grad(F.log_softmax(classifier(x_in, t), 1).gather(1, y[:, None]).sum(), x_in)[0]
+    s = (1 - torch.cumprod(1 - betas.float(), 0)[t]).sqrt().view(-1, *([1] * (x.dim() - 1)))
+    return model(x, t) + scale * s * g""",
 }

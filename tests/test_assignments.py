@@ -1,4 +1,4 @@
-"""The assignments: generated student notebooks, self-checks, and the grader on A2-A4."""
+"""The assignments: generated student notebooks, self-checks, and the grader on A2-A5."""
 
 import nbformat
 import pytest
@@ -55,7 +55,7 @@ def test_self_check_says_what_failed_and_why(capsys):
     assert not selfcheck.ready("cosine_betas") and "skipped: first make these checks pass: cosine_betas" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("key", ["a2", "a3", "a4"])
+@pytest.mark.parametrize("key", ["a2", "a3", "a4", "a5"])
 def test_grader_gives_solutions_full_marks_and_blank_notebooks_zero(key, tmp_path):
     a = ASSIGNMENTS[key]
     paths = {}
@@ -64,7 +64,7 @@ def test_grader_gives_solutions_full_marks_and_blank_notebooks_zero(key, tmp_pat
         nbformat.write(student_notebook(SOURCES[key], keep_solutions=keep), paths[keep])
     rows = grade_batch(a, list(paths.values()), tmp_path / "g.csv", jobs=2, progress=False)
     assert (int(rows["solved"]["points"]), int(rows["blank"]["points"])) == (a.max_points, 0), rows
-    assert a.max_points == {"a2": 15, "a3": 15, "a4": 9}[key]
+    assert a.max_points == {"a2": 15, "a3": 15, "a4": 9, "a5": 10}[key]
 
 
 def test_the_library_itself_is_not_an_answer(tmp_path):

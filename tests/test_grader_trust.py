@@ -1,4 +1,4 @@
-"""The grader an instructor can trust: a second battery of submissions to all four
+"""The grader an instructor can trust: a second battery of submissions to all five
 assignments, each with its exact points and message (issue 9).
 
 1. a correct answer never loses a point (helpers, stand-ins, magics, feedback);
@@ -236,13 +236,46 @@ A4 = {
     "lib_cfgmodel": {"cfg_eps": "from ddpmkit.guidance import CFGModel\ndef cfg_eps(model, x, t, y, w):\n    return CFGModel(model, y, w)(x, t)\n"},
 }
 
+A5 = {
+    "cg_backward": {"classifier_guided_eps": """def classifier_guided_eps(model, classifier, x, t, y, scale, betas):
+    x_in = x.clone().requires_grad_(True)
+    with torch.enable_grad():
+        F.log_softmax(classifier(x_in, t), dim=1).gather(1, y[:, None]).sum().backward()
+    s = (1 - torch.cumprod(1 - betas.float(), 0)[t]).sqrt().view(-1, *([1] * (x.dim() - 1)))
+    return model(x, t).detach() - scale * s * x_in.grad
+"""},
+    "kl_distributions": {"kl_term": """def kl_term(x0, x_t, t, eps_hat, betas, variance):
+    a = 1 - betas; abar = torch.cumprod(a, 0); prev = torch.cat([abar.new_ones(1), abar[:-1]])
+    sh = (-1,) + (1,) * (x0.dim() - 1)
+    bt = betas * (1 - prev) / (1 - abar)
+    mq = (prev.sqrt() * betas / (1 - abar))[t].view(sh) * x0.double() + (a.sqrt() * (1 - prev) / (1 - abar))[t].view(sh) * x_t.double()
+    mp = (x_t.double() - (betas / (1 - abar).sqrt())[t].view(sh) * eps_hat.double()) / a.sqrt()[t].view(sh)
+    vp = (betas if variance == "beta" else bt)[t].view(sh)
+    q = torch.distributions.Normal(mq, bt[t].view(sh).sqrt().expand_as(mq))
+    return torch.distributions.kl_divergence(q, torch.distributions.Normal(mp, vp.sqrt().expand_as(mp))).flatten(1).sum(1).float()
+"""},
+    "lib_guided_model": {"classifier_guided_eps": """from ddpmkit.guidance import ClassifierGuidedModel
+from ddpmkit.schedules import NoiseSchedule
+def classifier_guided_eps(model, classifier, x, t, y, scale, betas):
+    return ClassifierGuidedModel(model, classifier, y, scale, NoiseSchedule(betas))(x, t)
+"""},
+    "lib_ddim_coefficients": {"ddim_step": """from ddpmkit.samplers import ddim_coefficients
+def ddim_step(model, x_t, t, t_prev, eta, z, betas):
+    abar = torch.cumprod(1 - betas, 0)
+    a, ap = abar[t], (abar[t_prev] if t_prev >= 0 else torch.ones((), dtype=abar.dtype))
+    eps = model(x_t, torch.full((x_t.shape[0],), t))
+    c_x0, c_eps, sig = (c.float() for c in ddim_coefficients(a, ap, eta))
+    return c_x0 * (x_t - (1 - a).sqrt().float() * eps) / a.sqrt().float() + c_eps * eps + sig * z
+"""},
+}
+
 
 @pytest.fixture(scope="module")
 def trust(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("trust")
     paths, fbs = {}, {}
     A1["memorised"]["cosine_betas"] = _memorised_source()
-    for key, subs in [("a1", A1), ("a2", A2), ("a3", A3), ("a4", A4)]:
+    for key, subs in [("a1", A1), ("a2", A2), ("a3", A3), ("a4", A4), ("a5", A5)]:
         paths[key] = [notebook(tmp, key, name, replace=rep) for name, rep in subs.items()]
     for name, cells in A1_ADDED.items():
         if name == "forge_stream":
@@ -282,12 +315,14 @@ F1 = {"q_sample": 3, "cosine_betas": 3, "q_posterior_mean_variance": 3}
 F2 = {"TimeLinear": 3, "ddpm_loss": 3, "p_sample": 3, "p_sample_loop": 3, "chamfer": 3}
 F3 = {"sinusoidal_embedding": 3, "ConditionEmbedding": 3, "ResBlock": 3, "reverse_step": 6}
 F4 = {"cfg_eps": 3, "guided_sample": 3, "classify": 3}
+F5 = {"ddim_step": 4, "kl_term": 3, "classifier_guided_eps": 3}
 
 
 @needs_bwrap
 class TestCorrectAnswersKeepTheirPoints:
     @pytest.mark.parametrize("key, name, full", [("a1", "magic_indented", F1), ("a1", "float32", F1), ("a3", "sin_float64", F3),
-                                                 ("a3", "sin_pow", F3), ("a4", "cfg_none", F4), ("a4", "cfg_nolabel", F4)])
+                                                 ("a3", "sin_pow", F3), ("a4", "cfg_none", F4), ("a4", "cfg_nolabel", F4),
+                                                 ("a5", "cg_backward", F5), ("a5", "kl_distributions", F5)])
     def test_full_marks(self, trust, key, name, full):
         assert pts(trust["fb"][(key, name)]) == full
 
@@ -358,6 +393,8 @@ class TestOnlyOwnWork:
         assert LIB in msgs(trust["fb"][("a1", "lib_def")], "q_sample")
         assert pts(trust["fb"][("a2", "lib_subclass")])["TimeLinear"] == 0
         assert LIB in msgs(trust["fb"][("a4", "lib_cfgmodel")], "cfg_eps")
+        for name, q in [("lib_guided_model", "classifier_guided_eps"), ("lib_ddim_coefficients", "ddim_step")]:  # A5's library
+            assert pts(trust["fb"][("a5", name)]) == {**F5, q: 0} and LIB in msgs(trust["fb"][("a5", name)], q)
 
     def test_forged_and_junk_streams_earn_nothing_and_break_nothing(self, trust):
         fb = trust["fb"][("a1", "forge_stream")]

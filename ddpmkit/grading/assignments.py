@@ -1,7 +1,7 @@
-"""The four assignments' questions: how inputs are drawn and what the right answer is.
+"""The five assignments' questions: how inputs are drawn and what the right answer is.
 
 Every reference is the library's own code (``ddpmkit.diffusion``, ``.schedules``,
-``.models``, ``.unet``, ``.guidance``, ``.metrics``), so an assignment can never drift from
+``.models``, ``.unet``, ``.guidance``, ``.metrics``, ``.samplers``, ``.likelihood``), so an assignment can never drift from
 the book. Step indices are 0-based, as in the library: index ``t`` is the paper's t + 1.
 """
 
@@ -13,14 +13,16 @@ import torch.nn.functional as F
 
 from ..diffusion import convert, q_posterior
 from ..diffusion import q_sample as lib_q_sample
-from ..guidance import CFGModel
+from ..guidance import CFGModel, ClassifierGuidedModel
+from ..likelihood import diffusion_kl, model_log_variance
 from ..metrics import chamfer_distance
 from ..models import TimeLinear as LibTimeLinear
 from ..models import timestep_embedding
+from ..samplers import ddim_coefficients
 from ..schedules import NoiseSchedule, make_betas
 from ..unet import ResBlock as LibResBlock
 from ..unet import UNet, UNetConfig
-from .spec import SELF_CHECK_SEED, Assignment, Case, Question, Toy, case_key, materialize
+from .spec import SELF_CHECK_SEED, Assignment, Case, Question, Toy, ToyClassifier, case_key, materialize
 
 F32 = np.float32
 
@@ -350,11 +352,95 @@ A4 = Assignment(
     ),
 )
 
-ASSIGNMENTS: dict[str, Assignment] = {a.key: a for a in (A1, A2, A3, A4)}
+# ---- A5: DDIM, the bound's KL terms, classifier guidance -----------------------------------------
+def _ddim_cases(rng):
+    """A jump with η = 0, one step with η = 1 (DDPM with β̃), a jump with η in (0, 1), the step to x_0."""
+    cases = []
+    for shape, kind in [((8, 2), "jump0"), ((5, 1, 3, 3), "ddpm"), ((7, 3), "jump"), ((6, 2), "last")]:
+        betas = _betas(rng)
+        T = len(betas)
+        t = int(rng.integers(1, T)) if kind != "last" else int(rng.integers(0, T // 4 + 1))
+        t_prev = {"jump0": int(rng.integers(-1, t)), "ddpm": t - 1, "jump": int(rng.integers(-1, t)), "last": -1}[kind]
+        eta = {"jump0": 0.0, "ddpm": 1.0, "jump": float(rng.uniform(0.1, 0.9)), "last": float(rng.uniform(0, 1))}[kind]
+        D = int(np.prod(shape[1:]))
+        cases.append(Case((_toy(rng, D, T), _normal(rng, *shape), t, t_prev, eta, _normal(rng, *shape), betas)))
+    return cases
+
+
+def ref_ddim_step(model, x_t, t: int, t_prev: int, eta: float, z, betas):
+    """x_{t'} = √ᾱ_{t'} x̂0 + √(1 − ᾱ_{t'} − σ²) ε̂ + σ z, Song et al. (2021) eqs. (12, 16)."""
+    s = _sched(betas).to(dtype=x_t.dtype)
+    tt = torch.full((x_t.shape[0],), int(t), dtype=torch.long)  # (B,)
+    pred = convert(s, "eps", model(x_t, tt), x_t, tt)
+    abar_prev = s.alphas_cumprod[t_prev] if t_prev >= 0 else torch.ones((), dtype=x_t.dtype)
+    c_x0, c_eps, sig = ddim_coefficients(s.alphas_cumprod[t], abar_prev, eta)
+    return c_x0 * pred.x0 + c_eps * pred.eps + sig * z
+
+
+def _kl_cases(rng):
+    cases = []
+    for shape, variance in [((9, 2), "beta_tilde"), ((4, 1, 4, 4), "beta"), ((7, 3), str(rng.choice(["beta", "beta_tilde"])))]:
+        betas = _betas(rng)
+        # L_{t-1} for t >= 1 (0-based): t = 0 is the decoder L_0. At the first few t the KL is ill-conditioned in
+        # float32 (1 - abar_{t-1} is a difference of nearly equal numbers), and its tolerance grows accordingly
+        t = rng.integers(1, len(betas), shape[0])
+        x0, noise = _normal(rng, *shape), _normal(rng, *shape)
+        x_t = lib_q_sample(_sched(betas), torch.from_numpy(x0), torch.from_numpy(t), torch.from_numpy(noise)).numpy()
+        eps_hat = (noise + 0.3 * _normal(rng, *shape)).astype(F32)  # a network's imperfect prediction
+        cases.append(Case((x0, x_t, t, eps_hat, betas, variance)))
+    return cases
+
+
+def ref_kl_term(x0, x_t, t, eps_hat, betas, variance):
+    """KL(q(x_{t-1} | x_t, x0) ‖ p_θ(x_{t-1} | x_t)) per sample, summed over dimensions, in nats."""
+    s = _sched(betas).to(dtype=x0.dtype)
+    mean_hat = convert(s, "eps", eps_hat, x_t, t).mean
+    return diffusion_kl(s, x0, x_t, t, mean_hat, model_log_variance(s, variance)[t])
+
+
+def _toy_classifier(rng, D: int, T: int, K: int, H: int = 8) -> ToyClassifier:
+    return ToyClassifier(W=(rng.standard_normal((D, H)) / np.sqrt(D)).astype(F32), c=(0.5 * rng.standard_normal((T, H))).astype(F32),
+                         V=rng.standard_normal((H, K)).astype(F32))
+
+
+def _cg_cases(rng):
+    cases = []
+    for shape, scale in [((6, 2), float(rng.uniform(0.5, 3))), ((4, 1, 3, 3), 0.0), ((5, 4), float(rng.uniform(3, 10)))]:
+        betas = _betas(rng)
+        T, K, D = len(betas), int(rng.integers(2, 5)), int(np.prod(shape[1:]))
+        cases.append(Case((_toy(rng, D, T), _toy_classifier(rng, D, T, K), _normal(rng, *shape), rng.integers(0, T, 1),
+                           rng.integers(0, K, shape[0]), scale, betas)))
+    return cases
+
+
+def ref_classifier_guided_eps(model, classifier, x, t, y, scale, betas):
+    """ε̃ = ε_θ(x_t, t) − s √(1 − ᾱ_t) ∇_{x_t} log p_φ(y | x_t), Dhariwal & Nichol (2021)."""
+    return ClassifierGuidedModel(model, classifier, y, scale, _sched(betas))(x, t)
+
+
+A5 = Assignment(
+    key="a5",
+    title="DDIM, the bound, and classifier guidance",
+    source="a5_ddim_bound.md",
+    library=("ddpmkit.samplers.ddim_sample", "ddpmkit.samplers.ddim_coefficients", "ddpmkit.diffusion.convert",
+             "ddpmkit.diffusion.q_posterior", "ddpmkit.likelihood.normal_kl", "ddpmkit.likelihood.diffusion_kl",
+             "ddpmkit.likelihood.elbo_terms", "ddpmkit.guidance.classifier_guided_eps", "ddpmkit.guidance.classifier_grad",
+             "ddpmkit.guidance.ClassifierGuidedModel.forward"),
+    questions=(
+        Question("ddim_step", _ddim_cases, ref_ddim_step,
+                 hint="x0_hat = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t); abar_prev = 1 when t_prev = -1; sigma from eq. (16)"),
+        Question("kl_term", _kl_cases, ref_kl_term,
+                 hint="KL of two Gaussians per entry, 0.5 (log(s2/s1) + (s1 + (m1 - m2)^2) / s2 - 1), summed over all but the batch dim"),
+        Question("classifier_guided_eps", _cg_cases, ref_classifier_guided_eps,
+                 hint="the gradient of log_softmax(logits)[y] with respect to x, times -scale * sqrt(1 - abar_t), added to eps"),
+    ),
+)
+
+ASSIGNMENTS: dict[str, Assignment] = {a.key: a for a in (A1, A2, A3, A4, A5)}
 
 
 def get_assignment(key: str) -> Assignment:
-    """The assignment named ``key`` (a1 ... a4, or its source file's stem)."""
+    """The assignment named ``key`` (a1 ... a5, or its source file's stem)."""
     for a in ASSIGNMENTS.values():
         if key in (a.key, a.source.removesuffix(".md")):
             return a

@@ -44,10 +44,10 @@ from ..checkpoint import save_json
 from ..common import atomic_write
 from . import notebooks
 from .assignments import Assignment, get_assignment, hidden_cases
-from .harness import MAX_OUTPUT, pack_frame, parse_arrays
+from .harness import MAX_OUTPUT, TOY_WEIGHTS, pack_frame, parse_arrays
 from .sandbox import NOT_ISOLATED, FrameError, Isolation, Limits, Session, Zygote, ZygoteError, resolve_isolation
 from .sanitize import sanitized_root
-from .spec import REFERENCE_LOCK, Case, Expected, Question, Toy, encode_case, expected_outputs, judge_with_hint, materialize, to_arrays
+from .spec import REFERENCE_LOCK, Case, Expected, Question, encode_case, expected_outputs, judge_with_hint, materialize, to_arrays, toy_from_wire
 
 CUDA_HINT = " The grader has no GPU: use the device of your inputs (x.device) instead of .cuda() or 'cuda'."
 MAX_RESULT_BYTES = MAX_OUTPUT + (1 << 20)  # a frame larger than this is not read
@@ -176,8 +176,8 @@ def _helper_reply(a: Assignment, name: str, header: dict, arrays: list[np.ndarra
         if kind in ("tensor", "numpy"):
             arr = arrays[int(v)]
             return torch.from_numpy(arr.copy()) if kind == "tensor" else arr.copy()
-        if kind == "toy":
-            return materialize(Toy(*(arrays[int(v[k])] if v.get(k) is not None else None for k in ("W", "c", "e"))))
+        if kind in TOY_WEIGHTS:
+            return materialize(toy_from_wire(kind, arrays, v))
         if kind == "value":
             return v
         raise ValueError(f"an argument of kind {kind!r}")

@@ -134,6 +134,33 @@ def toy_model_class():
     return ToyModel
 
 
+def toy_classifier_class():
+    import torch
+
+    class ToyClassifier(torch.nn.Module):
+        """log-its of p_φ(y | x_t) = tanh(flatten(x) W + c[t]) V: a stand-in noise-conditional
+        classifier with fixed weights (W (D, H), c (T, H), V (H, K)), called like the book's
+        ``NoisyClassifier``: ``classifier(x, t) -> (B, K)``, ``t`` an int, (1,) or (B,)."""
+
+        def __init__(self, W, c, V):
+            super().__init__()
+            self.W, self.c, self.V = torch.nn.Parameter(W), torch.nn.Parameter(c), torch.nn.Parameter(V)
+
+        def forward(self, x, t):
+            t = torch.as_tensor(t, device=x.device).long().reshape(-1)  # (1,) or (B,)
+            return torch.tanh(x.reshape(x.shape[0], -1) @ self.W + self.c[t]) @ self.V  # (B, K)
+
+    return ToyClassifier
+
+
+# the stand-in networks an argument may be: its kind on the wire, and its weights in constructor order
+TOY_WEIGHTS = {"toy": ("W", "c", "e"), "classifier": ("W", "c", "V")}
+
+
+def toy_classes() -> dict:
+    return {"toy": toy_model_class(), "classifier": toy_classifier_class()}
+
+
 # ---- calling an answer and reading what it returned (the grader's self-checks use these too) ----
 def invoke(fn, args: list, state: dict | None = None, module: bool = False):
     """Call ``fn`` on ``args``; for a module question ``fn`` is a class: construct it with
@@ -370,7 +397,8 @@ def main(req_fd: int, res_fd: int) -> None:
 
     seed_everything(int(setup["seed"]))
     pristine = snapshot(guarded_objects())
-    ToyModel = toy_model_class()
+    TOYS = toy_classes()
+    ToyModel, toy_kinds = TOYS["toy"], tuple(TOYS.items())
     _from_numpy, _Tensor, _ndarray, _equal = torch.from_numpy, torch.Tensor, np.ndarray, np.array_equal
 
     # 2. no process may be started from here on
@@ -411,23 +439,27 @@ def main(req_fd: int, res_fd: int) -> None:
             return arrays[value].copy()
         if kind == "value":
             return value
-        if kind == "toy":
-            w = [_from_numpy(arrays[value[k]].copy()) if value.get(k) is not None else None for k in ("W", "c", "e")]
-            return ToyModel(*w)
+        if kind in TOY_WEIGHTS:
+            w = [_from_numpy(arrays[value[k]].copy()) if value.get(k) is not None else None for k in TOY_WEIGHTS[kind]]
+            return TOYS[kind](*w)
         raise ValueError(f"unknown argument kind {kind}")
 
     def encode(values, arrays_out):
         """Arguments of a helper call, as the grader reads them."""
         specs = []
         for v in values:
-            if _isinstance(v, ToyModel):
+            toy = None
+            for kind, cls in toy_kinds:
+                if _isinstance(v, cls):
+                    toy = kind
+            if toy is not None:
                 ws = {}
-                for k in ("W", "c", "e"):
+                for k in TOY_WEIGHTS[toy]:
                     w = getattr(v, k)
                     ws[k] = None if w is None else _len(arrays_out)
                     if w is not None:
                         arrays_out.append(w.detach().cpu().numpy().copy())
-                specs.append({"toy": ws})
+                specs.append({toy: ws})
             elif _isinstance(v, _Tensor):
                 specs.append({"tensor": _len(arrays_out)})
                 arrays_out.append(v.detach().cpu().numpy().copy())

@@ -16,10 +16,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from .harness import invoke, output_arrays, toy_model_class
+from .harness import TOY_WEIGHTS, invoke, output_arrays, toy_classes
 from .tolerance import RUNS, RoundingNoise, perturb_input, tolerance
 
-ToyModel = toy_model_class()
+TOY_CLASSES = toy_classes()  # kind on the wire -> the stand-in network's class
+ToyModel = TOY_CLASSES["toy"]
 SELF_CHECK_SEED = 1234  # the self-checks' visible inputs; the grader never reuses one of their cases
 
 
@@ -38,6 +39,29 @@ class Toy:
     W: np.ndarray  # (D, D)
     c: np.ndarray  # (T, D)
     e: np.ndarray | None = None  # (K+1, D), the last row the null label
+
+
+@dataclass
+class ToyClassifier:
+    """An argument passed as a ``ToyClassifier`` (see ``harness.toy_classifier_class``)."""
+
+    W: np.ndarray  # (D, H)
+    c: np.ndarray  # (T, H)
+    V: np.ndarray  # (H, K)
+
+
+TOY_KINDS = {Toy: "toy", ToyClassifier: "classifier"}  # argument class -> its kind on the wire
+
+
+def toy_weights(a) -> list[np.ndarray | None]:
+    """The weights of a stand-in network argument, in its constructor's order."""
+    return [getattr(a, k) for k in TOY_WEIGHTS[TOY_KINDS[type(a)]]]
+
+
+def toy_from_wire(kind: str, arrays: dict | list, index: dict):
+    """The argument dataclass of a stand-in network read back from the wire (helper calls)."""
+    cls = next(c for c, k in TOY_KINDS.items() if k == kind)
+    return cls(*(arrays[int(index[k])] if index.get(k) is not None else None for k in TOY_WEIGHTS[kind]))
 
 
 @dataclass
@@ -74,7 +98,7 @@ class Question:
 
 @dataclass(frozen=True)
 class Assignment:
-    key: str  # a1 ... a4: what ``ddpmkit grade`` takes
+    key: str  # a1 ... a5: what ``ddpmkit grade`` takes
     title: str
     source: str  # the solution source, relative to the repository's assignments/source
     questions: tuple[Question, ...] = field(default_factory=tuple)
@@ -105,8 +129,8 @@ def materialize(a, dtype: torch.dtype | None = None, rng: np.random.Generator | 
         return torch.from_numpy(arr(a))
     if isinstance(a, AsNumpy):
         return arr(a.array)
-    if isinstance(a, Toy):
-        return ToyModel(*(torch.from_numpy(arr(w)) if w is not None else None for w in (a.W, a.c, a.e)))
+    if type(a) in TOY_KINDS:
+        return TOY_CLASSES[TOY_KINDS[type(a)]](*(torch.from_numpy(arr(w)) if w is not None else None for w in toy_weights(a)))
     return a
 
 
@@ -174,8 +198,9 @@ def case_key(case: Case) -> str:
             h.update(f"{a.dtype.str}{a.shape}".encode() + np.ascontiguousarray(a).tobytes())
         elif isinstance(a, (AsNumpy,)):
             add(a.array)
-        elif isinstance(a, Toy):
-            for w in (a.W, a.c, a.e):
+        elif type(a) in TOY_KINDS:
+            h.update(TOY_KINDS[type(a)].encode())
+            for w in toy_weights(a):
                 add(w) if w is not None else h.update(b"-")
         else:
             h.update(repr(a).encode())
@@ -276,8 +301,9 @@ def encode_case(case: Case) -> tuple[dict, list[np.ndarray]]:
             return {"tensor": put(a)}
         if isinstance(a, AsNumpy):
             return {"numpy": put(a.array)}
-        if isinstance(a, Toy):
-            return {"toy": {"W": put(a.W), "c": put(a.c), "e": put(a.e) if a.e is not None else None}}
+        if type(a) in TOY_KINDS:
+            kind = TOY_KINDS[type(a)]
+            return {kind: {k: put(w) if w is not None else None for k, w in zip(TOY_WEIGHTS[kind], toy_weights(a))}}
         json.dumps(a)  # a plain value must be JSON
         return {"value": a}
 

@@ -7,7 +7,8 @@ same computation: the reference is run again ``RUNS`` times under a dispatch mod
 puts a relative error of one float32 unit roundoff (u = 2^-24) of random sign on
 
 1. every floating input (a student may cast the float64 schedule to float32), and
-2. the result of every floating-point operation, Gaussian, scaled by the operation's own
+2. the result of every floating-point operation but a constant fill (``ones``, ``full``, ...,
+   exact in any precision), Gaussian, scaled by the operation's own
    error bound: |result| for an elementwise operation, |A|·|B|·√K for a product with an
    inner dimension K (matmul, linear, convolution), Σ|x|·√n for a sum or mean of n
    terms, and the norms of both sides for a Euclidean distance.
@@ -41,6 +42,10 @@ FLOOR = 8.0  # floor: FLOOR x U32 x (|expected| + the output's largest magnitude
 _A = torch.ops.aten
 _PRODUCTS = {_A.mm.default, _A.bmm.default, _A.addmm.default, _A.baddbmm.default}
 _REDUCTIONS = {_A.sum.dim_IntList, _A.sum.default, _A.mean.dim, _A.mean.default}
+# tensors of one constant: exact in any precision for the values formulas use (0, 1, a step index), so never perturbed;
+# perturbing them would, e.g., turn 1 − ᾱ_{t'} = 1 − 1 = 0 into a negative number under a square root
+_CONSTANTS = {_A.ones.default, _A.zeros.default, _A.full.default, _A.ones_like.default, _A.zeros_like.default,
+              _A.full_like.default, _A.new_ones.default, _A.new_zeros.default, _A.new_full.default, _A.scalar_tensor.default}
 
 
 def _magnitude(func, args, kwargs, out: torch.Tensor) -> torch.Tensor:
@@ -89,7 +94,7 @@ class RoundingNoise(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
-        if getattr(func, "is_view", False) or func in (_A.detach.default, _A.alias.default, _A.lift_fresh.default):
+        if getattr(func, "is_view", False) or func in _CONSTANTS or func in (_A.detach.default, _A.alias.default, _A.lift_fresh.default):
             return out
         mutable = func._schema.is_mutable
 
