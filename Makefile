@@ -12,7 +12,7 @@ export DDPMKIT_PROFILE ?= quick
 # repository (it holds the test split), else torchvision's download folder.
 export DDPMKIT_DATA ?= $(if $(wildcard ../shared/data/MNIST/raw),$(abspath ../shared/data),$(HOME)/.cache/ddpmkit/data)
 
-.PHONY: book test install bench nbval-refs clean
+.PHONY: book check-book test install bench nbval-refs clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,12 @@ install: $(STAMP)
 book: $(STAMP)
 	$(VENV)/bin/jupyter-book build . --all --warningiserror --keep-going
 	@echo "Book written to _build/html/index.html (profile: $(DDPMKIT_PROFILE))"
+
+## Open every built page in headless Chromium (Debian's `chromium`), network off, and fail on what a
+## reader would see wrong: raw TeX, outside requests, warnings, tracebacks, broken images or alt text,
+## tiny figures, sideways scrolling at 1280 px, widgets (tests/rendered/check_pages.py). Run after `make book`.
+check-book: $(STAMP)
+	DDPMKIT_BOOK_HTML=$(abspath _build/html) $(VENV)/bin/python -m pytest tests/rendered -p no:cacheprovider -q
 
 ## The linter (ruff, configured in pyproject.toml), then the whole test suite, chapters included (nbval, smoke profile).
 test: $(STAMP)

@@ -33,6 +33,8 @@ def test_every_figure_has_a_caption(md):
             assert nxt is not None and nxt.cell_type == "markdown" and nxt.source.lstrip().startswith("*Figure"), (
                 f"{md.name}: the figure made by cell {i} has no '*Figure: ...*' caption after it"
             )
+            alt = cell.metadata.get("mystnb", {}).get("image", {}).get("alt", "")
+            assert len(alt.split()) >= 5, f"{md.name}: the figure made by cell {i} has no alt text (mystnb: image: alt:)"
 
 
 @pytest.mark.parametrize("md", CHAPTERS, ids=lambda p: p.stem)
@@ -78,7 +80,27 @@ def test_animations_are_self_contained():
     fig, ax = plt.subplots()
     (line,) = ax.plot([0, 1], [0, 1])
     anim = animation.FuncAnimation(fig, lambda i: (line.set_ydata([0, i]), line)[1:], frames=3)
-    html = animation_html(anim).data
+    html = animation_html(anim, alt='a line "rising"').data
     plt.close(fig)
     assert "http://" not in html and "https://" not in html
     assert html.count("data:image/png;base64") == 3
+    assert '<img alt="a line &quot;rising&quot;"' in html  # the frames' alt text, escaped
+
+
+def test_figures_fit_the_column():
+    """No figure is wider than viz.MAX_WIDTH: shown in the 688 px column, its tick labels stay >= 8 px."""
+    import matplotlib
+    import numpy as np
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ddpmkit.viz import MAX_WIDTH, figure, trajectory_grid
+
+    for ncols, size in [(1, 7), (3, 3.3), (6, 2.3), (10, 3)]:
+        fig, axes = figure(ncols, 1, size=size)
+        assert fig.get_figwidth() <= MAX_WIDTH + 1e-9 and axes.shape == (1, ncols)
+        plt.close(fig)
+    fig = trajectory_grid([np.zeros((5, 2))] * 7, list(range(6, -1, -1)), n_panels=6)
+    assert fig.get_figwidth() <= MAX_WIDTH and sum(ax.get_visible() for ax in fig.axes) == 6
+    plt.close(fig)
