@@ -28,6 +28,10 @@ def test_cli_round_trip(tmp_path, capsys):
                      "--out", str(tmp_path / f"r{i}.npy"), "--no-progress"]) == 0
     assert np.array_equal(np.load(tmp_path / "r0.npy"), np.load(tmp_path / "r1.npy"))
     assert main(["sample", str(run_dir), "--sampler", "ddim", "--steps", "5", "--n", "8", "--out", str(tmp_path / "d.npy"), "--no-progress"]) == 0
+    for i in range(2):  # the few-step ODE solver: deterministic given the prior
+        assert main(["sample", str(run_dir), "--sampler", "dpm-solver", "--steps", "6", "--prior", str(tmp_path / "prior.npy"),
+                     "--out", str(tmp_path / f"p{i}.npy"), "--no-progress"]) == 0
+    assert np.array_equal(np.load(tmp_path / "p0.npy"), np.load(tmp_path / "p1.npy")) and np.isfinite(np.load(tmp_path / "p0.npy")).all()
     assert main(["data", "moons", "--n", "100", "--seed", "1", "--out", str(tmp_path / "real.npy")]) == 0
     assert np.load(tmp_path / "real.npy").shape == (100, 2)
     capsys.readouterr()

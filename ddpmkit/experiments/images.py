@@ -15,22 +15,24 @@ import torch
 from ..common import CHECKPOINT_FILE
 from ..data import dataset_spec, load_dataset
 from ..guidance import CFGModel
-from ..samplers import ddim_sample, ddpm_sample
+from ..samplers import ddim_sample, ddpm_sample, sample
 from ..train import Trainer
 from .sizes import BookSize, book_size
 
 
 @torch.no_grad()
 def guided_samples(
-    model, schedule, labels: torch.Tensor, w: float, *, image_size: int = 28, steps: int = 50, seed: int = 0, batch: int = 250
+    model, schedule, labels: torch.Tensor, w: float, *, image_size: int = 28, steps: int = 50, seed: int = 0, batch: int = 250,
+    sampler: str = "ddim",
 ) -> torch.Tensor:
-    """Class-conditional images in [-1, 1] guided with weight ``w`` (DDIM, η = 0, x0 clipped)."""
+    """Class-conditional images in [-1, 1] guided with weight ``w``, x0 clipped, by a registered
+    few-step ``sampler`` (DDIM with η = 0 by default, or ``dpm-solver``) over ``steps`` steps."""
     out = []
     gen = torch.Generator().manual_seed(seed)
     for i in range(0, len(labels), batch):
         y = labels[i : i + batch]
         shape = (len(y), model.config.in_channels, image_size, image_size)
-        out.append(ddim_sample(CFGModel(model, y, w), schedule, shape, steps=steps, clip_x0=(-1.0, 1.0), generator=gen).x)
+        out.append(sample(sampler, CFGModel(model, y, w), schedule, shape, steps=steps, clip_x0=(-1.0, 1.0), generator=gen).x)
     return torch.cat(out)
 
 
