@@ -172,9 +172,15 @@ def _add_data_commands(sub) -> None:
 def _add_grading(sub) -> None:
     """``ddpmkit grade`` and ``assign``."""
     g = sub.add_parser("grade", help="grade notebooks in sandboxes: per-question points, feedback JSON, CSV gradebook",
-                       epilog="example: ddpmkit grade a1 submissions/*.ipynb --out grades.csv -j 2")
-    g.add_argument("assignment", help="a1 ... a5 (or a source name such as a1_forward)")
-    g.add_argument("submissions", nargs="+", type=Path, help="notebooks: NAME.ipynb, or NAME/<assignment>.ipynb")
+                       epilog="examples: ddpmkit grade a1 submissions/*.ipynb --out grades.csv -j 2\n"
+                              "  a job array: ddpmkit grade a1 submissions/*.ipynb --shard $K/8 --out grades-$K.csv\n"
+                              "  then:        ddpmkit grade merge grades-*.csv --out grades.csv",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    g.add_argument("assignment", help="a1 ... a5 (or a source name such as a1_forward), or merge: combine slices' gradebooks")
+    g.add_argument("submissions", nargs="+", type=Path,
+                   help="notebooks: NAME.ipynb, or NAME/<assignment>.ipynb (with merge: the slices' gradebooks)")
+    g.add_argument("--shard", default=None, metavar="K/N",
+                   help="grade only slice K of N of the students (by a hash of each student's name, the same on every machine)")
     g.add_argument("--out", type=Path, required=True, help="the CSV gradebook (written atomically after each submission)")
     g.add_argument("--feedback", type=Path, default=None, help="folder of per-student JSON feedback (default: <out>-feedback/)")
     g.add_argument("-j", "--jobs", type=_positive_int, default=1, help="submissions graded at once")
@@ -193,17 +199,38 @@ def _add_grading(sub) -> None:
     n.add_argument("--check", action="store_true", help="only report stale notebooks (exit 1 if any)")
 
 
+def _merge(a) -> int:
+    from .grading.grader import merge_gradebooks
+
+    given = [f for f, v in (("--shard", a.shard), ("--resume", a.resume), ("--seed", a.seed), ("--feedback", a.feedback),
+                            ("--timeout", a.timeout), ("--question-timeout", a.question_timeout), ("--memory-gb", a.memory_gb),
+                            ("--jobs", a.jobs != 1), ("--sandbox", a.sandbox != "auto"),
+                            ("--format gradescope", "gradescope" in a.format)) if v]
+    if given:
+        raise ValueError(f"grade merge combines gradebooks and grades nothing: drop {', '.join(given)} "
+                         "(it takes the gradebooks, --out and --format canvas)")
+    rows = merge_gradebooks(a.submissions, a.out, exports=tuple(a.format))
+    print(f"merged {len(a.submissions)} gradebook(s) into {a.out}: {len(rows)} student(s)")
+    return 0
+
+
 def _grade(a) -> int:
-    from .grading.grader import grade_batch
+    from .grading.grader import grade_batch, parse_shard
     from .grading.sandbox import Limits
+
+    if a.assignment == "merge":
+        return _merge(a)
+    shard = parse_shard(a.shard) if a.shard is not None else None
 
     given = {"timeout": a.timeout, "question_timeout": a.question_timeout, "memory_gb": a.memory_gb}
     limits = dataclasses.replace(Limits(), **{k: v for k, v in given.items() if v is not None})
     rows = grade_batch(a.assignment, a.submissions, a.out, feedback_dir=a.feedback, jobs=a.jobs, resume=a.resume,
-                       limits=limits, isolation=a.sandbox, seed=a.seed, progress=not a.no_progress, exports=tuple(a.format))
+                       limits=limits, isolation=a.sandbox, seed=a.seed, progress=not a.no_progress, exports=tuple(a.format),
+                       shard=shard)
     total = sum(int(r["points"]) for r in rows.values())
     odd = sum(str(r["status"]).startswith(("refused", "unreadable", "grader error")) for r in rows.values())
-    print(f"graded {len(rows)} submission(s) into {a.out}; mean {total / max(len(rows), 1):.2f} points"
+    where = f" (slice {shard[0]}/{shard[1]})" if shard else ""
+    print(f"graded {len(rows)} submission(s){where} into {a.out}; mean {total / max(len(rows), 1):.2f} points"
           + (f"; {odd} could not be graded (see their status)" if odd else ""))
     return 0
 

@@ -541,6 +541,31 @@ def _fingerprint(sub: Submission) -> str:
     return sub.sha256 or f"refused:{sub.refused}"
 
 
+# ---- shards: one slice of a class per job, merged afterwards ----------------------------------
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"K/N"`` -> (K, N), 1 <= K <= N: the K-th of N slices of a class."""
+    try:
+        k, n = (int(v) for v in str(text).split("/"))
+    except ValueError:
+        raise ValueError(f"--shard must be K/N with whole numbers, such as 3/8; got {text!r}") from None
+    if not 1 <= k <= n:
+        raise ValueError(f"--shard K/N needs 1 <= K <= N; got {text!r}")
+    return k, n
+
+
+def in_shard(student: str, shard: tuple[int, int]) -> bool:
+    """Whether ``student`` belongs to slice K of N. The slice is a hash of the student's id, so
+    it is the same on every machine and for any order or subset of the paths given: every
+    student is in exactly one slice, and a job array can pass every job the same file list."""
+    k, n = shard
+    return int.from_bytes(hashlib.sha256(student.encode()).digest()[:8], "big") % n == k - 1
+
+
+def shard_record_path(out: Path) -> Path:
+    """Where a shard's completion record lies, beside its gradebook."""
+    return Path(out).with_name(f"{Path(out).stem}.shard.json")
+
+
 def grade_batch(
     assignment: str | Assignment,
     submissions: list[Path],
@@ -555,10 +580,13 @@ def grade_batch(
     progress: bool = True,
     exports: tuple[str, ...] = (),
     fork: bool = True,
+    shard: tuple[int, int] | None = None,
 ) -> dict[str, dict]:
     """Grade ``submissions`` into the gradebook ``out`` (CSV) and ``feedback_dir`` (JSON each).
 
-    Every path gets a row, whatever it is. ``resume`` skips a student whose row has the
+    With ``shard=(K, N)`` only the students of slice K of N are graded (:func:`in_shard`), and
+    a record of the slice (its students, written atomically when the slice is done) is left
+    beside ``out`` for :func:`merge_gradebooks`. Every path gets a row, whatever it is. ``resume`` skips a student whose row has the
     same submission checksum, and never retries a file that stopped the grader itself
     (its start marker is still there): that file gets a row saying so. ``seed`` fixes
     every submission's inputs; by default each draws its own. ``exports`` adds
@@ -584,6 +612,8 @@ def grade_batch(
         if sid in ids:
             raise ValueError(f"{ids[sid]} and {p} both belong to student {sid!r}; rename one of them")
         ids[sid] = p
+    if shard is not None:
+        ids = {sid: p for sid, p in ids.items() if in_shard(sid, shard)}
     rows = read_gradebook(out) if resume else {}
     todo = []
     for sid, p in ids.items():
@@ -637,7 +667,79 @@ def grade_batch(
     write_gradebook(out, a, rows)
     if "canvas" in exports:
         write_canvas(a, rows, out)
+    if shard is not None:  # the slice is complete: say so, last
+        save_json({"assignment": a.key, "shard": list(shard), "students": sorted(ids), "gradebook": out.name,
+                   "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}, shard_record_path(out))
     return rows
+
+
+def merge_gradebooks(gradebooks: list[Path], out: Path, *, exports: tuple[str, ...] = ()) -> dict[str, dict]:
+    """Combine the gradebooks of the slices of one class into ``out``, written atomically.
+
+    Refused, naming the files, when: a file is not a gradebook of one assignment; they are of
+    different assignments; a student has two different rows; and, for slices graded with
+    ``--shard``, when a slice's record is missing (its job did not finish), a slice of 1..N is
+    missing or given twice, or a slice's gradebook lacks a row for one of its students."""
+    from .assignments import ASSIGNMENTS
+
+    paths = [Path(g) for g in gradebooks]
+    if not paths:
+        raise ValueError("give the gradebooks to merge")
+    keys = set()
+    books: dict[Path, dict[str, dict]] = {}
+    for p in paths:
+        if not p.is_file():
+            raise ValueError(f"{p}: no such gradebook")
+        with open(p, newline="") as f:
+            header = next(csv.reader(f), [])
+        match = [k for k, a in ASSIGNMENTS.items() if header == gradebook_columns(a)]
+        if not match:
+            raise ValueError(f"{p} is not a gradebook written by `ddpmkit grade` (its columns match no assignment)")
+        keys.add(match[0])
+        books[p] = read_gradebook(p)
+    if len(keys) > 1:
+        raise ValueError(f"the gradebooks are of different assignments ({', '.join(sorted(keys))}); merge each assignment alone")
+    a = ASSIGNMENTS[keys.pop()]
+    records = {p: shard_record_path(p) for p in paths}
+    if any(r.exists() for r in records.values()):
+        _check_shards(a, books, records)
+    merged: dict[str, dict] = {}
+    source: dict[str, Path] = {}
+    for p, rows in books.items():
+        for sid, row in rows.items():
+            if sid in merged and merged[sid] != row:
+                raise ValueError(f"student {sid!r} has different rows in {source[sid]} and {p}; grade them once, or drop one file")
+            merged[sid], source[sid] = row, p
+    write_gradebook(Path(out), a, merged)
+    if "canvas" in exports:
+        write_canvas(a, merged, Path(out))
+    return merged
+
+
+def _check_shards(a: Assignment, books: dict[Path, dict[str, dict]], records: dict[Path, Path]) -> None:
+    seen: dict[int, Path] = {}
+    total = None
+    for p, rec_path in records.items():
+        if not rec_path.exists():
+            raise ValueError(f"{p} has no completion record ({rec_path.name}): its slice did not finish; grade it again with the same --shard")
+        rec = json.loads(rec_path.read_text())
+        k, n = rec["shard"]
+        if rec.get("assignment") != a.key:
+            raise ValueError(f"{rec_path} is a slice of {rec.get('assignment')!r}, not of {a.key!r}")
+        if total is not None and n != total:
+            raise ValueError(f"{p} is slice {k}/{n} but another file is a slice of {total}; merge the slices of one run")
+        total = n
+        if k in seen:
+            raise ValueError(f"{seen[k]} and {p} are both slice {k}/{n}")
+        seen[k] = p
+        missing = sorted(set(rec["students"]) - set(books[p]))
+        if missing:
+            raise ValueError(f"{p} (slice {k}/{n}) lacks the rows of {len(missing)} of its students ({', '.join(missing[:5])}); "
+                             "grade the slice again")
+    absent = sorted(set(range(1, total + 1)) - set(seen))
+    if absent:
+        raise ValueError(f"slice(s) {', '.join(f'{k}/{total}' for k in absent)} missing: give every slice's gradebook "
+                         "(or finish the jobs that did not)")
 
 
 # ---- exports -------------------------------------------------------------------------------------
