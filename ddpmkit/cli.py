@@ -112,6 +112,8 @@ def _add_train(sub) -> None:
     t.add_argument("--beta-T", type=float, default=None, help=f"last β (default {_default('schedule', 'beta_T')})")
     t.add_argument("--label-dropout", type=float, default=None,
                    help=f"conditional runs: P(label -> null token), for guidance (default {_default('train', 'label_dropout')})")
+    t.add_argument("--precision", choices=["fp32", "bf16"], default=None,
+                   help=f"bf16: forward pass and loss under bfloat16 autocast, for GPUs (default {_default('train', 'precision')})")
     t.add_argument("--n-train", type=_positive_int, default=None,
                    help=f"size of the fixed training draw; not for mnist/digits8x8, which use the whole set (default {_default('train', 'n_train')})")
     t.add_argument("--seed", type=int, default=None, help=f"default {_default('train', 'seed')}")
@@ -277,7 +279,9 @@ def _train(a) -> int:
         tr = Trainer(cfg, a.out, download=a.download)
     tr.train(progress=not a.no_progress)
     last = tr.losses[-100:]
-    print(json.dumps({"run": str(a.out), "step": tr.step, "final_loss": float(sum(last) / max(1, len(last))), "wall_time_s": round(tr.wall_time, 2)}))
+    if tr.world.main:
+        print(json.dumps({"run": str(a.out), "step": tr.step, "final_loss": float(sum(last) / max(1, len(last))),
+                          "wall_time_s": round(tr.wall_time, 2), "world_size": tr.world.size}))
     return 0
 
 
@@ -449,6 +453,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, CheckpointError, NonFiniteLossError, RuntimeError) as e:
         print(f"ddpmkit {a.command}: error: {e}", file=sys.stderr)
         return 2
+    finally:
+        from .distributed import teardown
+
+        teardown()  # leave torchrun's process group, when a trainer joined one
 
 
 if __name__ == "__main__":

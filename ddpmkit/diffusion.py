@@ -38,6 +38,13 @@ def randn(shape, generator: torch.Generator | None, device, dtype=torch.float32)
     return torch.randn(shape, generator=generator, device=generator.device, dtype=dtype).to(device)
 
 
+def draw_timesteps(T: int, n: int, generator: torch.Generator | None, device) -> torch.Tensor:
+    """``n`` timesteps uniform on {0, ..., T-1} (0-based), drawn from ``generator``, moved to ``device``."""
+    if generator is None:
+        return torch.randint(0, T, (n,), device=device)
+    return torch.randint(0, T, (n,), generator=generator, device=generator.device).to(device)
+
+
 def q_sample(schedule: NoiseSchedule, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     """x_t = √ᾱ_t x0 + √(1 - ᾱ_t) ε, a draw from q(x_t | x0), eq. (4)."""
     return (
@@ -148,21 +155,22 @@ def diffusion_loss(
     x0: torch.Tensor,
     predictor: Predictor = "eps",
     generator: torch.Generator | None = None,
+    *,
+    t: torch.Tensor | None = None,
+    noise: torch.Tensor | None = None,
     **model_kwargs,
 ) -> torch.Tensor:
     """Training loss of Algorithm 1 (Ho et al.): MSE between the network and its target.
 
-    1. t ~ Uniform{1..T}, ε ~ N(0, I)
+    1. t ~ Uniform{1..T}, ε ~ N(0, I) (or the given ``t`` and ``noise``, drawn by the caller)
     2. x_t = √ᾱ_t x0 + √(1-ᾱ_t) ε                         eq. (4)
     3. loss = ‖target - net(x_t, t)‖², mean over all entries (eq. 14 for ε)
     """
     B = x0.shape[0]
     # 1. draw timesteps and noise
-    if generator is None:
-        t = torch.randint(0, schedule.T, (B,), device=x0.device)
-    else:
-        t = torch.randint(0, schedule.T, (B,), generator=generator, device=generator.device).to(x0.device)
-    eps = randn(x0.shape, generator, x0.device, x0.dtype)  # (B, ...)
+    if t is None:
+        t = draw_timesteps(schedule.T, B, generator, x0.device)  # (B,)
+    eps = noise if noise is not None else randn(x0.shape, generator, x0.device, x0.dtype)  # (B, ...)
     # 2. forward process, eq. (4)
     x_t = q_sample(schedule, x0, t, eps)  # (B, ...)
     # 3. regress the target

@@ -4,6 +4,7 @@ clipping, EMA, a progress bar, loss history, atomic checkpoints and exact resume
 A run folder holds ``config.json`` (the :class:`RunConfig`) and ``checkpoint.pt`` (model,
 EMA, optimizer, RNG states, step, loss history). Resuming restores all of them, so a run
 stopped at step k and resumed gives bit-for-bit the weights of an uninterrupted run.
+Under torchrun the same trainer runs on every process (``ddpmkit.distributed``).
 """
 
 from __future__ import annotations
@@ -13,20 +14,24 @@ import json
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import distributed
 from .checkpoint import load_state, save_json, save_state
 from .common import CHECKPOINT_FILE, CONFIG_FILE, METADATA_FILE, hardware, resolve_device
 from .data import Conditioning, dataset_spec, load_training_data
-from .diffusion import Predictor, check_predictor, diffusion_loss
+from .diffusion import Predictor, check_predictor, diffusion_loss, draw_timesteps, randn
 from .models import MLPConfig
 from .networks import ModelConfig, build_model, config_from_dict, config_to_dict
 from .schedules import SCHEDULES, NoiseSchedule, ScheduleConfig
 from .unet import UNetConfig
+
+Precision = Literal["fp32", "bf16"]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -50,6 +55,7 @@ class TrainConfig:
     device: str = "cpu"  # "cpu", "cuda", "cuda:1", or "auto" (cuda when available)
     checkpoint_every: int = 1000  # steps between checkpoints (the last step always saves)
     label_dropout: float = 0.1  # conditional runs: P(label -> null token), for guidance (Ho & Salimans: 0.1-0.2)
+    precision: Precision = "fp32"  # "bf16": the forward pass and loss under bfloat16 autocast (GPUs); weights stay fp32
 
     def __post_init__(self):
         for name in ("iterations", "batch_size", "n_train", "checkpoint_every"):
@@ -64,6 +70,8 @@ class TrainConfig:
         if not 0.0 <= self.label_dropout < 1.0:
             raise ValueError(f"label_dropout must lie in [0, 1), got label_dropout={self.label_dropout!r}")
         check_predictor(self.predictor)
+        if self.precision not in get_args(Precision):
+            raise ValueError(f"precision must be one of {', '.join(get_args(Precision))}, got precision={self.precision!r}")
 
 
 @dataclass
@@ -148,9 +156,19 @@ class Trainer:
         tc = config.train  # the configs checked themselves when they were made
         self.config, self.run_dir = config, Path(run_dir) if run_dir else None
         self.device = resolve_device(tc.device)
+        self.world = distributed.setup(self.device)  # rank 0 of 1, unless started by torchrun: then join its process group
+        if self.world.size > 1 and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.world.local_rank)  # one GPU per process
+        if tc.batch_size % self.world.size:
+            raise ValueError(f"--batch-size {tc.batch_size} is the global batch; it must divide evenly among "
+                             f"{self.world.size} processes (each takes an equal part)")
         with torch.random.fork_rng(devices=[]):  # seeded initial weights, global RNG left as it was
             torch.manual_seed(tc.seed)
             self.model = build_model(config.model).to(self.device)
+        self.net = self.model  # what the loss calls: the model, wrapped for gradient averaging under torchrun
+        if self.world.size > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         self.schedule = NoiseSchedule.from_config(config.schedule)
         self._sched_dev = self.schedule.to(self.device)
         self.data_source = "data given in memory"
@@ -192,12 +210,15 @@ class Trainer:
         self.wall_time = float(state.get("wall_time", 0.0))
 
     def save(self) -> None:
-        """Write ``config.json`` and ``checkpoint.pt`` atomically into the run folder."""
+        """Write ``config.json`` and ``checkpoint.pt`` atomically into the run folder (rank 0
+        only, the other processes wait for it)."""
         if self.run_dir is None:
             return
-        save_json(self.config.to_dict(), self.run_dir / CONFIG_FILE)
-        save_state(self.state_dict(), self.run_dir / CHECKPOINT_FILE)
-        save_json(self.metadata(), self.run_dir / METADATA_FILE)
+        if self.world.main:
+            save_json(self.config.to_dict(), self.run_dir / CONFIG_FILE)
+            save_state(self.state_dict(), self.run_dir / CHECKPOINT_FILE)
+            save_json(self.metadata(), self.run_dir / METADATA_FILE)
+        distributed.barrier()
 
     def metadata(self) -> dict:
         """What a reader of a checkpoint needs to trust it: data actually used, steps, seed, time, machine."""
@@ -205,6 +226,7 @@ class Trainer:
             "data": self.data_source, "steps": self.step, "seed": self.config.train.seed,
             "wall_time_s": round(self.wall_time, 1), "hardware": hardware(), "torch": torch.__version__,
             "final_loss_mean_100": float(np.mean(self.losses[-100:])) if self.losses else None,
+            "world_size": self.world.size, "precision": self.config.train.precision,
         }  # fmt: skip
 
     @classmethod
@@ -219,26 +241,34 @@ class Trainer:
     # --- training ----------------------------------------------------------------------
     def train_step(self) -> float:
         tc = self.config.train
-        idx = torch.randint(0, len(self.data), (tc.batch_size,), generator=self.gen, device=self.gen.device)
+        B, T = tc.batch_size, self.schedule.T
+        # 1. the global batch, drawn alike on every process: indices, label dropout, timesteps, noise
+        idx = torch.randint(0, len(self.data), (B,), generator=self.gen, device=self.gen.device)
         idx = idx.to(self.device)
-        x0 = self.data[idx]  # (B, D) or (B, C, H, W)
         kwargs = {}
         if self.labels is not None:  # conditional: drop labels to the null condition with p = label_dropout
             y = self.labels[idx].clone()
-            drop = (torch.rand(len(idx), generator=self.gen, device=self.gen.device) < tc.label_dropout).to(self.device)
+            drop = (torch.rand(B, generator=self.gen, device=self.gen.device) < tc.label_dropout).to(self.device)
             if self.config.cond == "class":
                 y[drop] = self.model.null_label
             else:
                 y[drop] = 0.0
             kwargs["y"] = y
+        t = draw_timesteps(T, B, self.gen, self.device)  # (B,)
+        noise = randn((B, *self.data.shape[1:]), self.gen, self.device)  # (B, ...)
+        # 2. this process's part of it (all of it for one process)
+        part = slice(self.world.rank * B // self.world.size, (self.world.rank + 1) * B // self.world.size)
+        kwargs = {k: v[part] for k, v in kwargs.items()}
         for g in self.opt.param_groups:
             g["lr"] = lr_at(self.step, tc)
-        loss = diffusion_loss(self.model, self._sched_dev, x0, tc.predictor, self.gen, **kwargs)
-        if not torch.isfinite(loss):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16"):
+            loss = diffusion_loss(self.net, self._sched_dev, self.data[idx[part]], tc.predictor, t=t[part], noise=noise[part], **kwargs)
+        value = distributed.mean(loss.detach())  # the global batch's loss, the same on every process
+        if not torch.isfinite(value):
             last = self.run_dir / CHECKPOINT_FILE if self.run_dir else None
             where = f"the last good checkpoint {last} is untouched" if last and last.exists() else "no checkpoint was written"
             raise NonFiniteLossError(
-                f"loss became {loss.item()} at step {self.step}; {where}. "
+                f"loss became {value.item()} at step {self.step}; {where}. "
                 f"Lower the learning rate (--lr, now {tc.lr}) or keep gradient clipping on (--grad-clip)."
             )
         self.opt.zero_grad(set_to_none=True)
@@ -249,12 +279,12 @@ class Trainer:
         if self.ema:
             self.ema.update(self.model, self.step)
         self.step += 1
-        return loss.item()
+        return value.item()
 
     def train(self, progress: bool = True) -> list[float]:
         """Train until ``config.train.iterations`` steps, checkpointing along the way."""
         tc = self.config.train
-        bar = tqdm(total=tc.iterations, initial=self.step, desc="training", disable=not progress, dynamic_ncols=True)
+        bar = tqdm(total=tc.iterations, initial=self.step, desc="training", disable=not (progress and self.world.main), dynamic_ncols=True)
         t0 = time.perf_counter()
         while self.step < tc.iterations:
             loss = self.train_step()
@@ -284,7 +314,7 @@ OVERRIDES: dict[str, tuple[str, str]] = {
     "ema_decay": ("train", "ema_decay"), "predictor": ("train", "predictor"), "seed": ("train", "seed"),
     "device": ("train", "device"), "label_dropout": ("train", "label_dropout"), "n_train": ("train", "n_train"),
     "schedule": ("schedule", "name"), "T": ("schedule", "T"), "beta_1": ("schedule", "beta_1"), "beta_T": ("schedule", "beta_T"),
-    "model": ("model", "kind"), "hidden": ("model", "hidden"),
+    "model": ("model", "kind"), "hidden": ("model", "hidden"), "precision": ("train", "precision"),
 }  # fmt: skip
 RESUMABLE = ("iterations", "device")  # what a resumed run may change: it continues bit for bit otherwise
 

@@ -19,7 +19,7 @@ from ddpmkit.unet import UNetConfig
 VALUES = {
     "iterations": 7, "batch_size": 3, "lr": 3e-3, "weight_decay": 0.01, "warmup": 5, "grad_clip": 0.5, "ema_decay": 0.9,
     "predictor": "v", "seed": 5, "device": "auto", "label_dropout": 0.2, "n_train": 100, "schedule": "quadratic", "T": 50,
-    "beta_1": 2e-4, "beta_T": 0.03, "model": "concat", "hidden": [16, 16],
+    "beta_1": 2e-4, "beta_T": 0.03, "model": "concat", "hidden": [16, 16], "precision": "bf16",
 }  # fmt: skip
 NOT_CONFIG = {"dataset", "recipe", "cond", "out", "resume", "download", "no_progress"}  # flags that choose the start, not a field
 
