@@ -43,6 +43,7 @@ bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/bench_mlp.py
 	$(VENV)/bin/python benchmarks/bench_unet.py
 	$(VENV)/bin/python benchmarks/bench_grading.py
+	$(VENV)/bin/python benchmarks/bench_samplers.py
 
 ## Re-execute the chapters in smoke and store their checked outputs for nbval.
 nbval-refs: $(STAMP)

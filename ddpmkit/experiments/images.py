@@ -50,10 +50,10 @@ def within_class_diversity(classifier, images: torch.Tensor, labels: torch.Tenso
     return float(torch.stack(vals).mean())
 
 
-def _timed_guided_samples(model, schedule, labels, w, real, steps, seed) -> tuple[torch.Tensor, float]:
-    """Guided DDIM samples sized like ``real``, and the seconds they took."""
+def _timed_guided_samples(model, schedule, labels, w, real, steps, seed, sampler: str = "ddim") -> tuple[torch.Tensor, float]:
+    """Guided samples (DDIM, or another few-step ``sampler``) sized like ``real``, and the seconds they took."""
     t0 = time.perf_counter()
-    x = guided_samples(model, schedule, labels, w, image_size=real.shape[-1], steps=steps, seed=seed)
+    x = guided_samples(model, schedule, labels, w, image_size=real.shape[-1], steps=steps, seed=seed, sampler=sampler)
     return x, time.perf_counter() - t0
 
 
@@ -131,15 +131,17 @@ def choose_guidance(rows: Sequence[dict], min_accuracy: float = 0.95) -> float:
 
 
 def ddim_steps_sweep(model, schedule, classifier, real: torch.Tensor, w: float, steps: Sequence[int], *,
-                     per_class: int, ddpm_n: int = 0, seed: int = 0) -> list[dict]:  # fmt: skip
-    """Guided MNIST samples by DDIM (η = 0) at each step count, and by 1,000-step ancestral
-    DDPM on ``ddpm_n`` images as the reference: class accuracy, feature FID/KID and seconds."""
+                     per_class: int, ddpm_n: int = 0, solver_steps: Sequence[int] = (), seed: int = 0) -> list[dict]:  # fmt: skip
+    """Guided MNIST samples by DDIM (η = 0) at each step count, by DPM-Solver++(2M) at each of
+    ``solver_steps``, and by 1,000-step ancestral DDPM on ``ddpm_n`` images as the reference:
+    class accuracy, feature FID/KID and seconds. The few-step rows share labels, seeds and size."""
     labels = torch.arange(model.config.num_classes).repeat_interleave(per_class)  # every class in turn
     rows = []
-    for S in steps:
-        x, secs = _timed_guided_samples(model, schedule, labels, w, real, S, seed)
-        rows.append({"sampler": "DDIM", "steps": S, **score_class_samples(classifier, real, x, labels),
-                     "seconds_per_image": secs / len(x), "samples": x})  # fmt: skip
+    for name, sampler, counts in [("DDIM", "ddim", steps), ("DPM-Solver++", "dpm-solver", solver_steps)]:
+        for S in counts:
+            x, secs = _timed_guided_samples(model, schedule, labels, w, real, S, seed, sampler)
+            rows.append({"sampler": name, "steps": S, **score_class_samples(classifier, real, x, labels),
+                         "seconds_per_image": secs / len(x), "samples": x})  # fmt: skip
     if ddpm_n:
         y = torch.arange(ddpm_n) % model.config.num_classes
         t0 = time.perf_counter()
