@@ -139,6 +139,21 @@ def ddim_coefficients(abar: torch.Tensor, abar_prev: torch.Tensor, eta: float) -
     return abar_prev.sqrt(), (1 - abar_prev - sig**2).clamp(min=0).sqrt(), sig
 
 
+def _few_step_start(model, schedule, shape, steps, spacing, x_T, predictor, generator, record_every):
+    """What every few-step sampler starts with: the predictor checked against the schedule,
+    the model's device, the schedule there, the S visited steps (descending), the prior x and
+    the output with x recorded when asked."""
+    check_predictor(predictor, schedule)
+    device = model_device(model)
+    s = schedule.to(device)
+    ts = torch.as_tensor(ddim_timesteps(s.T, steps, spacing), device=device)  # (S,) descending
+    x = _prior(shape, x_T, generator, device)
+    out = SampleOutput(x=x)
+    if record_every:
+        out.trajectory.append(x.cpu()), out.timesteps.append(int(ts[0]))
+    return device, s, ts, x, out
+
+
 @torch.no_grad()
 def ddim_sample(
     model: Callable[..., torch.Tensor],
@@ -165,20 +180,13 @@ def ddim_sample(
 
     η = 0 is deterministic; η = 1 with S = T is ancestral DDPM with σ² = β̃_t.
     """
-    check_predictor(predictor, schedule)
     if eta < 0:
         raise ValueError(f"eta must be >= 0, got eta={eta!r}")
-    device = model_device(model)
-    s = schedule.to(device)
-    ts = torch.as_tensor(ddim_timesteps(s.T, steps, spacing), device=device)  # (S,) descending
+    device, s, ts, x, out = _few_step_start(model, schedule, shape, steps, spacing, x_T, predictor, generator, record_every)
     abar = s.alphas_cumprod[ts]  # (S,)
     abar_prev = torch.cat([s.alphas_cumprod[ts[1:]], abar.new_ones(1)])  # (S,)
     c_x0, c_eps, sig = ddim_coefficients(abar, abar_prev, eta)  # (S,) each
     kwargs = model_kwargs or {}
-    x = _prior(shape, x_T, generator, device)
-    out = SampleOutput(x=x)
-    if record_every:
-        out.trajectory.append(x.cpu()), out.timesteps.append(int(ts[0]))
     for i in tqdm(range(len(ts)), desc="DDIM sampling", disable=not progress, leave=False):
         t = ts[i : i + 1]  # (1,)
         # 1. network and parameterization
@@ -224,18 +232,11 @@ def dpm_solver_sample(
     finite when the first step starts at zero SNR (α = 0, λ = -∞). ``trailing`` spacing
     starts at t = T-1, where the prior N(0, I) is the forward process's marginal.
     """
-    check_predictor(predictor, schedule)
-    device = model_device(model)
-    s = schedule.to(device)
-    ts = torch.as_tensor(ddim_timesteps(s.T, steps, spacing), device=device)  # (S,) descending
+    _, s, ts, x, out = _few_step_start(model, schedule, shape, steps, spacing, x_T, predictor, generator, record_every)
     alpha = s.sqrt_alphas_cumprod[ts]  # (S,) α_t
     sigma = s.sqrt_one_minus_alphas_cumprod[ts]  # (S,) σ_t
     lam = alpha.log() - sigma.log()  # (S,) λ_t (-∞ at zero SNR)
     kwargs = model_kwargs or {}
-    x = _prior(shape, x_T, generator, device)
-    out = SampleOutput(x=x)
-    if record_every:
-        out.trajectory.append(x.cpu()), out.timesteps.append(int(ts[0]))
     x0_prev, h_prev = None, None
     for i in tqdm(range(len(ts)), desc="DPM-Solver++ sampling", disable=not progress, leave=False):
         t = ts[i : i + 1]  # (1,)
