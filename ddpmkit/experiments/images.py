@@ -130,8 +130,8 @@ def choose_guidance(rows: Sequence[dict], min_accuracy: float = 0.95) -> float:
     return min(ok) if ok else max(rows, key=lambda r: r["accuracy"])["w"]
 
 
-def ddim_steps_sweep(model, schedule, classifier, real: torch.Tensor, w: float, steps: Sequence[int], *,
-                     per_class: int, ddpm_n: int = 0, solver_steps: Sequence[int] = (), seed: int = 0) -> list[dict]:  # fmt: skip
+def steps_sweep(model, schedule, classifier, real: torch.Tensor, w: float, steps: Sequence[int], *,
+                per_class: int, ddpm_n: int = 0, solver_steps: Sequence[int] = (), seed: int = 0) -> list[dict]:  # fmt: skip
     """Guided MNIST samples by DDIM (η = 0) at each step count, by DPM-Solver++(2M) at each of
     ``solver_steps``, and by 1,000-step ancestral DDPM on ``ddpm_n`` images as the reference:
     class accuracy, feature FID/KID and seconds. The few-step rows share labels, seeds and size."""
