@@ -41,10 +41,10 @@ def _dataset(s: str) -> str:
 
 
 def _train_dataset(s: str) -> str:
-    from .data import DATASETS
+    from .data import DATASETS, unknown_dataset
 
-    if s not in DATASETS:
-        raise argparse.ArgumentTypeError(f"unknown dataset {s!r}; choose one of {', '.join(DATASETS)}")
+    if s not in DATASETS and not Path(s).expanduser().is_dir():
+        raise argparse.ArgumentTypeError(unknown_dataset(s))
     return s
 
 
@@ -75,18 +75,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_train(sub) -> None:
     """``ddpmkit train``: one flag per overridable config field, defaults read from the configs."""
-    from .data import CONDITIONINGS, DATASETS
+    from .data import CONDITIONINGS, DATASETS, FolderConfig
     from .diffusion import PREDICTORS
     from .models import ModelKind
-    from .recipes import CLASSIFIER_RECIPES, RECIPES
+    from .recipes import CLASSIFIER_RECIPES, FOLDER_RECIPES, RECIPES
     from .schedules import SCHEDULES
 
     t = sub.add_parser("train", help="train a DDPM on a data set (vector or image)", epilog=EXAMPLES,
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="A run starts from the data set's config (or a --recipe, or the saved run with --resume); "
                                    "every flag given overrides that config, and a flag the run cannot honour is refused.")
-    t.add_argument("--dataset", type=_train_dataset, default=None, help=f"one of {', '.join(DATASETS)} (default swiss_roll, or the recipe's)")
-    t.add_argument("--recipe", default=None, choices=(*RECIPES, *CLASSIFIER_RECIPES), help="a named recipe: its whole config, then the flags given")
+    t.add_argument("--dataset", type=_train_dataset, default=None,
+                   help=f"one of {', '.join(DATASETS)} (default swiss_roll, or the recipe's); or a folder of images "
+                        "(class subfolders become labels; any size, resized and centre-cropped to --image-size)")
+    t.add_argument("--image-size", type=_positive_int, default=None,
+                   help=f"a folder of images: side of the square training images (default {FolderConfig.__dataclass_fields__['image_size'].default}, "
+                        "or the recipe's)")
+    t.add_argument("--recipe", default=None, choices=(*RECIPES, *FOLDER_RECIPES, *CLASSIFIER_RECIPES),
+                   help=f"a named recipe: its whole config, then the flags given ({', '.join(FOLDER_RECIPES)} with --dataset FOLDER)")
     labelled = ", ".join(n for n, sp in DATASETS.items() if sp.kind == "vector" and sp.num_classes)
     image_defaults = ", ".join(f"{sp.default_cond} for {n}" for n, sp in DATASETS.items() if sp.kind == "image")
     t.add_argument("--cond", choices=CONDITIONINGS, default=None,
@@ -147,7 +153,7 @@ def _add_sample(sub) -> None:
 
 
 def _add_data_commands(sub) -> None:
-    """``ddpmkit export``, ``data`` and ``evaluate``."""
+    """``ddpmkit export``, ``data``, ``fid`` and ``evaluate``."""
     from .data import vector_datasets
 
     x = sub.add_parser("export", help="ship a run's EMA weights as ddpmkit/checkpoints/NAME.safetensors + NAME.json")
@@ -161,6 +167,22 @@ def _add_data_commands(sub) -> None:
     d.add_argument("--n", type=_positive_int, default=2048)
     d.add_argument("--seed", type=int, default=1)
     d.add_argument("--out", type=Path, required=True)
+
+    f = sub.add_parser("fid", help="FID of image samples with its real-vs-real baseline and counts, as JSON",
+                       description="The FID protocol (ddpmkit.fid): classifier features offline by default, Inception features when "
+                                   "their weights are on disk; the counts and a real-vs-real baseline beside every FID.")
+    f.add_argument("samples", type=Path, help=".npy of shape (n, C, S, S) in [0, 1] (as ddpmkit sample writes it), or a folder of images")
+    f.add_argument("--dataset", type=_train_dataset, required=True, help="the real images: mnist, shapes, digits8x8, or a folder of images")
+    f.add_argument("--image-size", type=_positive_int, default=None, help="a folder of real images: the side they are resized and cropped to "
+                                                                          "(default: the samples')")
+    f.add_argument("--features", choices=("classifier", "inception"), default="classifier",
+                   help="classifier (default, offline): an evaluator's penultimate layer; inception: Inception-v3, weights on disk")
+    f.add_argument("--classifier", default=None,
+                   help="the evaluator: a shipped name or a .safetensors written by ddpmkit train --recipe folder-evaluator "
+                        "(default: mnist-classifier for mnist, shapes-evaluator for shapes)")
+    f.add_argument("--inception-weights", type=Path, default=None, help="the Inception weights file (default: see ddpmkit.fid.inception_weights)")
+    f.add_argument("--n-real", type=_positive_int, default=None, help="at most this many reference images (default: all)")
+    f.add_argument("--seed", type=int, default=0, help="the shuffle that splits the real images into baseline and reference")
 
     e = sub.add_parser("evaluate", help="EMD, Chamfer and KDE NLL of samples against a data set, as JSON")
     e.add_argument("samples", type=Path, help=".npy array of shape (n, dim)")
@@ -250,21 +272,29 @@ def _assign(a) -> int:
 
 def _train(a) -> int:
     from .common import CHECKPOINT_FILE
-    from .recipes import CLASSIFIER_RECIPES, for_dataset, get_recipe
+    from .recipes import CLASSIFIER_RECIPES, FOLDER_RECIPES, for_dataset, get_recipe
     from .train import OVERRIDES, Trainer, apply_overrides, flag
 
     overrides = {k: getattr(a, k) for k in OVERRIDES if getattr(a, k) is not None}
     if a.recipe in CLASSIFIER_RECIPES:
         return _train_classifier(a, overrides)
     if a.resume:
-        given = [f for f, v in (("--recipe", a.recipe), ("--dataset", a.dataset), ("--cond", a.cond)) if v is not None]
+        given = [f for f, v in (("--recipe", a.recipe), ("--dataset", a.dataset), ("--cond", a.cond), ("--image-size", a.image_size))
+                 if v is not None]
         if given:
             raise ValueError(f"{', '.join(given)} cannot change a resumed run; drop them (the run keeps its saved config)")
         tr = Trainer.resume(a.out, download=a.download, **overrides)  # refuses any override a resumed run cannot take
         cfg = tr.config
     elif (a.out / CHECKPOINT_FILE).exists():
         raise ValueError(f"{a.out} already holds a run; pass --resume to continue it or choose another --out")
+    elif a.recipe in FOLDER_RECIPES:
+        if a.dataset is None:
+            raise ValueError(f"the {a.recipe} recipe trains on a folder of images: pass --dataset PATH/TO/FOLDER")
+        size = {} if a.image_size is None else {"image_size": a.image_size}
+        cfg = apply_overrides(FOLDER_RECIPES[a.recipe](a.dataset, a.cond, **size), overrides)
     elif a.recipe:
+        if a.image_size is not None:
+            raise ValueError(f"--image-size resizes a folder of images; the {a.recipe} recipe trains on a registered set: drop --image-size")
         cfg = get_recipe(a.recipe)
         for name, value, have in (("--dataset", a.dataset, cfg.dataset), ("--cond", a.cond, cfg.cond)):
             if value is not None and value != have:
@@ -272,7 +302,7 @@ def _train(a) -> int:
                                  f"what the recipe is. Drop {name}, or start from the data set (--dataset without --recipe)")
         cfg = apply_overrides(cfg, overrides)
     else:
-        cfg = apply_overrides(for_dataset(a.dataset or "swiss_roll", a.cond), overrides)
+        cfg = apply_overrides(for_dataset(a.dataset or "swiss_roll", a.cond, a.image_size), overrides)
     if a.download and cfg.dataset != "mnist":
         raise ValueError(f"{flag('download')} only fetches MNIST; {cfg.dataset} needs no download")
     if not a.resume:
@@ -292,12 +322,15 @@ def _train_classifier(a, overrides: dict) -> int:
     from .pretrained import export_evaluator
     from .train import flag
 
+    folder = a.recipe == "folder-evaluator"
     refused = [flag(k) for k in overrides if k != "seed"]
-    refused += [f for f, v in (("--dataset", a.dataset), ("--cond", a.cond), ("--resume", a.resume)) if v]
+    refused += [f for f, v in (("--cond", a.cond), ("--resume", a.resume)) if v]
+    refused += [f for f, v in (("--dataset", a.dataset), ("--image-size", a.image_size)) if v and not folder]
     if refused:
-        raise ValueError(f"the evaluator recipe {a.recipe} takes only --seed and --download (its config is a ClassifierConfig); "
-                         f"drop {', '.join(refused)}")
-    path, meta = export_evaluator(a.recipe, a.out, seed=overrides.get("seed", 0), download=a.download, progress=not a.no_progress)
+        takes = "--dataset, --image-size and --seed" if folder else "only --seed and --download"
+        raise ValueError(f"the evaluator recipe {a.recipe} takes {takes} (its config is a ClassifierConfig); drop {', '.join(refused)}")
+    path, meta = export_evaluator(a.recipe, a.out, seed=overrides.get("seed", 0), download=a.download, progress=not a.no_progress,
+                                  dataset=a.dataset, image_size=a.image_size)
     print(json.dumps({"written": str(path), "held_out": meta["held_out"]}))
     return 0
 
@@ -338,20 +371,21 @@ def _load_for_sampling(a):
 def _labels(a, cfg, n: int):
     import torch
 
-    from .data import dataset_spec
 
     if cfg.cond == "class":
         if a.label is None:
             return torch.arange(n) % cfg.model.num_classes
+        names = cfg.folder.class_names if cfg.folder else ()
         try:
-            y = int(a.label)
+            y = names.index(a.label) if a.label in names else int(a.label)
         except ValueError:
-            raise ValueError(f"--label must be a class index for this model, got {a.label!r}") from None
+            named = f" or one of its classes ({', '.join(names)})" if names else ""
+            raise ValueError(f"--label must be a class index for this model{named}, got {a.label!r}") from None
         if not 0 <= y < cfg.model.num_classes:
             raise ValueError(f"--label must lie in [0, {cfg.model.num_classes - 1}], got {y}")
         return torch.full((n,), y, dtype=torch.long)
     if cfg.cond == "multi":
-        known = dataset_spec(cfg.dataset).label_names
+        known = cfg.spec.label_names
         hot = torch.zeros(n, len(known))
         names = [x.strip() for x in (a.label or "").split(",") if x.strip()]
         for name in names:
@@ -371,12 +405,11 @@ def _sample(a) -> int:
     import torch
 
     from .checkpoint import save_npy
-    from .data import dataset_spec
     from .guidance import CFGModel
     from .samplers import sample, sampler_options
 
     model, sched, cfg, info = _load_for_sampling(a)
-    spec = dataset_spec(cfg.dataset)
+    spec = cfg.spec
     image = spec.kind == "image"
     shape = (a.n, *spec.shape)
     clip = (-1.0, 1.0) if image else None  # images live in [-1, 1]
@@ -441,6 +474,85 @@ def _evaluate(a) -> int:
     return 0
 
 
+def _fid_real(a, side: int | None):
+    """The real images for ``ddpmkit fid``: (N, C, S, S) in [-1, 1], and what they are."""
+    from . import images
+    from .data import DATASETS, FolderConfig, folder_config, load_image_folder
+
+    if a.dataset in DATASETS:
+        if a.image_size is not None:
+            raise ValueError(f"--image-size resizes a folder of real images; {a.dataset} has a fixed size: drop it")
+        loaders = {"mnist": lambda: images.load_mnist("eval", warn=False), "digits8x8": images.load_digits8x8,
+                   "shapes": lambda: images.make_shapes(a.n_real or 2000, seed=20_000)}  # a seed neither training nor the evaluator used
+        if a.dataset not in loaders:
+            raise ValueError(f"{a.dataset} is a vector set: score its samples with ddpmkit evaluate")
+        d = loaders[a.dataset]()
+        return d.images, d.source
+    path, folder = folder_config(a.dataset, a.image_size or side)
+    d = load_image_folder(path, FolderConfig(image_size=folder.image_size, class_names=folder.class_names))
+    return d.images, d.source
+
+
+def _fid_samples(a):
+    """The samples for ``ddpmkit fid``, in [-1, 1]."""
+    import numpy as np
+    import torch
+
+    from .data import folder_config, load_image_folder
+
+    if a.samples.is_dir():
+        path, folder = folder_config(a.samples, a.image_size)
+        return load_image_folder(path, folder).images
+    if not a.samples.is_file():
+        raise FileNotFoundError(f"samples {a.samples} do not exist (a .npy file from ddpmkit sample, or a folder of images)")
+    x = torch.from_numpy(np.load(a.samples).astype(np.float32))
+    if x.ndim != 4:
+        raise ValueError(f"samples must be images of shape (n, C, S, S), got {tuple(x.shape)}")
+    if x.numel() and (x.min() < 0 or x.max() > 1):
+        raise ValueError(f"samples must be pixel values in [0, 1], as ddpmkit sample writes them; these range over "
+                         f"[{float(x.min()):.3g}, {float(x.max()):.3g}]")
+    return x * 2 - 1
+
+
+def _fid(a) -> int:
+    from .fid import SHIPPED_EVALUATORS, fid_with_baseline
+
+    fake = _fid_samples(a)
+    real, source = _fid_real(a, fake.shape[-1])
+    clf, name = None, None
+    if a.features == "classifier":
+        name = a.classifier or SHIPPED_EVALUATORS.get(a.dataset)
+        if name is None:
+            raise ValueError(f"the classifier FID of {a.dataset} needs an evaluator: train one with ddpmkit train --recipe folder-evaluator "
+                             f"--dataset {a.dataset} --image-size {real.shape[-1]} --out DIR and pass --classifier DIR/folder-evaluator.safetensors "
+                             "(or use --features inception with its weights on disk)")
+        clf = _load_evaluator(name)
+    elif a.classifier is not None:
+        raise ValueError("--classifier chooses the classifier FID's features; drop it, or use --features classifier")
+    if a.inception_weights is not None and a.features != "inception":
+        raise ValueError("--inception-weights is for --features inception; drop it")
+    res = fid_with_baseline(fake, real, features=a.features, classifier=clf, weights=a.inception_weights, n_reference=a.n_real, seed=a.seed)
+    print(json.dumps({"dataset": a.dataset, "real": source, "evaluator": name, **res.to_dict()}, indent=2))
+    return 0
+
+
+def _load_evaluator(name: str):
+    """An evaluator classifier: a shipped name, or a ``.safetensors`` with its ``.json`` beside it."""
+    from .pretrained import available, load_pretrained
+
+    if name in available():
+        clf, _, info = load_pretrained(name)
+    else:
+        path = Path(name)
+        if path.suffix != ".safetensors" or not path.is_file() or not path.with_suffix(".json").is_file():
+            raise FileNotFoundError(f"--classifier {name}: not a shipped evaluator ({', '.join(available())}) and not a .safetensors file "
+                                    "with its .json beside it (ddpmkit train --recipe folder-evaluator --out DIR writes both)")
+        clf, _, info = load_pretrained(path.stem, directory=path.parent)
+    if info["kind"] != "classifier":
+        raise ValueError(f"--classifier {name} is a {info['kind']} model, not an evaluator classifier")
+    return clf
+
+
 def main(argv: list[str] | None = None) -> int:
     from .checkpoint import CheckpointError
     from .train import NonFiniteLossError
@@ -448,7 +560,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     a = parser.parse_args(argv)
     try:
-        return {"train": _train, "sample": _sample, "data": _data, "evaluate": _evaluate, "export": _export,
+        return {"train": _train, "sample": _sample, "data": _data, "evaluate": _evaluate, "fid": _fid, "export": _export,
                 "grade": _grade, "assign": _assign}[a.command](a)
     except (ValueError, FileNotFoundError, CheckpointError, NonFiniteLossError, RuntimeError) as e:
         print(f"ddpmkit {a.command}: error: {e}", file=sys.stderr)

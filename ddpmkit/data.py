@@ -9,8 +9,11 @@ centred by its global mean and divided by its global standard deviation, times 2
 
 from __future__ import annotations
 
+import functools
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal, get_args
 
 import numpy as np
@@ -77,11 +80,25 @@ def register_dataset(name: str, spec: DatasetSpec) -> None:
     DATASETS[name] = spec
 
 
-def dataset_spec(name: str) -> DatasetSpec:
-    """The registered :class:`DatasetSpec` of ``name``, or an error listing the names."""
+def dataset_spec(name: str, folder: FolderConfig | None = None) -> DatasetSpec:
+    """The :class:`DatasetSpec` of a registered set ``name``, or, with ``folder``, of the image
+    folder at the path ``name`` (built from the recorded ``folder`` alone: the folder itself
+    is read only when training data is loaded)."""
+    if folder is not None:
+        return folder_spec(name, folder)
     if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+        raise ValueError(unknown_dataset(name))
     return DATASETS[name]
+
+
+def unknown_dataset(name: str) -> str:
+    """The error for a ``--dataset`` that is neither registered nor an image folder."""
+    where = Path(name).expanduser()
+    if where.is_dir():
+        return (f"{name} is a folder of images, not a registered set: start a run on it with "
+                f"ddpmkit train --dataset {name} [--image-size S] (the run records the folder's image size and classes)")
+    what = "is a file, not a folder of images" if where.exists() else "is not a registered data set, and no folder exists at that path"
+    return f"unknown dataset {name!r}: it {what}; choose one of {', '.join(DATASETS)}, or the path of a folder of images"
 
 
 def vector_datasets() -> tuple[str, ...]:
@@ -190,9 +207,164 @@ register_dataset("shapes", DatasetSpec((3, 32, 32), "generated 1-3 coloured shap
                                        num_labels=len(images.SHAPE_LABELS), label_names=images.SHAPE_LABELS, loader=_shapes))  # fmt: skip
 
 
-def load_training_data(dataset: str, n: int, seed: int, download: bool = False) -> tuple[torch.Tensor, torch.Tensor, str]:
+def load_training_data(dataset: str, n: int, seed: int, download: bool = False,
+                       folder: FolderConfig | None = None) -> tuple[torch.Tensor, torch.Tensor, str]:
     """Training data for a run: ``(x, labels, source)``; ``source`` says what was used.
-    Only MNIST can be downloaded, and only with ``download=True``."""
-    spec = dataset_spec(dataset)
+    Only MNIST can be downloaded, and only with ``download=True``. ``folder``: ``dataset``
+    is the path of an image folder (``RunConfig.folder``)."""
+    spec = dataset_spec(dataset, folder)
     x, y, source = spec.load(n, seed, download)
     return x, y, (f"{dataset}: {source}" if spec.kind == "vector" else source)
+
+
+# --- a folder of images -------------------------------------------------------------------
+# ``ddpmkit train --dataset path/to/folder --image-size 64``: every image under the folder,
+# resized (shorter side) and centre-cropped to a square, as RGB in [-1, 1]. Class subfolders
+# become labels 0..K-1 in sorted order (torchvision's ImageFolder convention); images in the
+# folder itself make an unconditional set.
+
+
+@dataclass(frozen=True)
+class FolderConfig:
+    """What a run records about its image folder, so that it samples, exports and resumes
+    without reading the folder again (``RunConfig.folder``; ``RunConfig.dataset`` is the path)."""
+
+    image_size: int = 64  # side of the square training images: shorter side resized to it, then centre-cropped (004 report, AFHQ: 64)
+    class_names: tuple[str, ...] = ()  # the class subfolders in label order; () : unconditional (images in the folder itself, or one subfolder)
+
+    def __post_init__(self):
+        if not isinstance(self.image_size, int) or isinstance(self.image_size, bool) or not 8 <= self.image_size <= 1024:
+            raise ValueError(f"image_size must be an integer from 8 to 1024 (pixels per side), got {self.image_size!r}")
+        if self.image_size % 4:
+            raise ValueError(f"image_size must be divisible by 4 (the UNet halves it twice), got {self.image_size}")
+        if len(self.class_names) == 1:
+            raise ValueError("one class is no class: a folder with a single class subfolder trains unconditionally (class_names=())")
+
+    def to_dict(self) -> dict:
+        return {"image_size": self.image_size, "class_names": list(self.class_names)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> FolderConfig:
+        return cls(image_size=int(d["image_size"]), class_names=tuple(d.get("class_names", ())))
+
+
+@dataclass(frozen=True)
+class FolderScan:
+    """The image files of a folder and their labels, found without opening any of them."""
+
+    root: Path  # the folder, absolute
+    files: tuple[Path, ...]  # every image file, sorted within each class
+    labels: tuple[int, ...]  # one class index per file (all 0 when unconditional)
+    class_names: tuple[str, ...]  # the class subfolders in label order; () when unconditional
+    skipped: tuple[Path, ...]  # files without an image extension (README.txt, ...), left out
+
+
+def _image_files(folder: Path, recursive: bool) -> tuple[list[Path], list[Path]]:
+    """(images, other files) in ``folder``, sorted; hidden files and folders (``.DS_Store``,
+    macOS's ``._x.png``) are not data and are passed over."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    found = sorted(p for p in (folder.rglob("*") if recursive else folder.iterdir()) if p.is_file())
+    found = [p for p in found if not any(part.startswith(".") for part in p.relative_to(folder).parts)]
+    images = [p for p in found if p.suffix.lower() in IMG_EXTENSIONS]
+    return images, [p for p in found if p.suffix.lower() not in IMG_EXTENSIONS]
+
+
+def scan_image_folder(path: str | os.PathLike) -> FolderScan:
+    """Find the images under ``path`` and their classes, or say exactly what is wrong."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    root = Path(path).expanduser().resolve()
+    if not root.exists():
+        raise FileNotFoundError(f"image folder {path} does not exist")
+    if not root.is_dir():
+        raise ValueError(f"{path} is a file; --dataset takes a folder of images (or a registered set's name)")
+    loose, other = _image_files(root, recursive=False)
+    classes = []
+    for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        imgs, rest = _image_files(sub, recursive=True)
+        other += rest
+        if imgs:
+            classes.append((sub.name, imgs))
+    if classes and loose:
+        raise ValueError(
+            f"{path} holds images directly ({len(loose)}, e.g. {loose[0].name}) and class subfolders with images "
+            f"({', '.join(c for c, _ in classes)}); move every image into a class subfolder for a conditional set, "
+            f"or keep them all in the folder itself for an unconditional one")
+    if not classes and not loose:
+        raise ValueError(
+            f"no images found in {path} or its subfolders (looked for {', '.join(IMG_EXTENSIONS)}"
+            + (f"; found {len(other)} other file(s), e.g. {other[0].relative_to(root)}" if other else "") + ")")
+    if not classes:
+        return FolderScan(root, tuple(loose), (0,) * len(loose), (), tuple(other))
+    files = [f for _, imgs in classes for f in imgs]
+    labels = [k for k, (_, imgs) in enumerate(classes) for _ in imgs] if len(classes) > 1 else [0] * len(files)
+    names = tuple(c for c, _ in classes) if len(classes) > 1 else ()
+    return FolderScan(root, tuple(files), tuple(labels), names, tuple(other))
+
+
+def folder_config(path: str | os.PathLike, image_size: int | None = None) -> tuple[str, FolderConfig]:
+    """``(absolute path, FolderConfig)`` for a new run on the folder at ``path`` (its classes
+    are read from its subfolders; ``image_size`` defaults to ``FolderConfig``'s)."""
+    scan = scan_image_folder(path)
+    size = {} if image_size is None else {"image_size": image_size}
+    return str(scan.root), FolderConfig(class_names=scan.class_names, **size)
+
+
+def _open_rgb(file: Path):
+    """The image at ``file`` as RGB; transparent parts are laid on white, not on black."""
+    from PIL import Image
+
+    with Image.open(file) as img:
+        img.load()  # decode now, so that a truncated file fails here, with its name
+        if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+            img = img.convert("RGBA")
+            return Image.alpha_composite(Image.new("RGBA", img.size, (255, 255, 255, 255)), img).convert("RGB")
+        return img.convert("RGB")
+
+
+def load_image_folder(path: str | os.PathLike, folder: FolderConfig | None = None, *, progress: bool | None = None) -> images.ImageData:
+    """Every image under ``path``: resized (shorter side) and centre-cropped to
+    ``folder.image_size``, RGB, (N, 3, S, S) float32 in [-1, 1], with class labels (N,) from
+    the subfolders (zeros when unconditional). Files that cannot be read are all named in one
+    error, and nothing is loaded; the folder is never changed. ``folder`` (a run's record)
+    must match the classes found, so a resumed run trains on the same labels."""
+    from torchvision.transforms import v2 as T
+    from tqdm.auto import tqdm
+
+    scan = scan_image_folder(path)
+    folder = folder or FolderConfig(class_names=scan.class_names)
+    if scan.class_names != folder.class_names:
+        raise ValueError(f"the classes under {path} changed since the run recorded them: the run has "
+                         f"{list(folder.class_names) or 'none (unconditional)'}, the folder now has {list(scan.class_names) or 'none'}; "
+                         "restore the folder or start a new run")
+    size = folder.image_size
+    resize = T.Compose([T.PILToTensor(), T.Resize(size, antialias=True), T.CenterCrop(size)])
+    out = torch.empty((len(scan.files), 3, size, size), dtype=torch.uint8)  # (N, 3, S, S), a quarter of float32's memory while reading
+    bad = []
+    for i, f in enumerate(tqdm(scan.files, desc="reading images", unit="img", disable=True if progress is False else None)):
+        try:
+            out[i] = resize(_open_rgb(f))
+        except (OSError, ValueError, SyntaxError) as e:  # PIL: UnidentifiedImageError / truncated data (OSError), bad headers
+            bad.append(f"{f.relative_to(scan.root)} ({e})")
+    if bad:
+        raise ValueError(f"{len(bad)} of the {len(scan.files)} image files under {path} cannot be read: {'; '.join(bad[:5])}"
+                         + ("; ..." if len(bad) > 5 else "") + ". Remove or re-save them; nothing was loaded or changed")
+    classes = f"{len(folder.class_names)} classes ({', '.join(folder.class_names)})" if folder.class_names else "no classes"
+    skipped = f"; {len(scan.skipped)} non-image file(s) left out" if scan.skipped else ""
+    what = f"image folder {scan.root} ({len(scan.files)} images, {classes}, resized and centre-cropped to {size}×{size}{skipped})"
+    return images.ImageData(out.float() / 127.5 - 1.0, torch.tensor(scan.labels, dtype=torch.long), what)
+
+
+def _folder_loader(path: str, folder: FolderConfig, n: int, seed: int, download: bool = False):
+    d = load_image_folder(path, folder)
+    return d.images, d.labels, d.source
+
+
+@functools.lru_cache(maxsize=64)
+def folder_spec(path: str, folder: FolderConfig) -> DatasetSpec:
+    """The spec of the image folder at ``path`` as ``folder`` records it (no disk access)."""
+    s = folder.image_size
+    return DatasetSpec((3, s, s), f"images under {path}, resized and centre-cropped to {s}×{s} RGB",
+                       num_classes=len(folder.class_names) or None, loader=functools.partial(_folder_loader, path, folder),
+                       fixed_size=True)  # fmt: skip

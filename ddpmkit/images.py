@@ -1,5 +1,5 @@
 """Image data sets: MNIST (through torchvision, with an offline fallback), scikit-learn's
-8×8 digits, a generated multi-label "shapes" set, and any folder of images.
+8×8 digits and a generated multi-label "shapes" set (a folder of images: ``ddpmkit.data.load_image_folder``).
 
 Every loader returns an :class:`ImageData`: float32 images in [-1, 1] of shape
 (N, C, H, W), labels, and a plain-words description of the data actually used.
@@ -178,18 +178,3 @@ def make_shapes(n: int, seed: int = 0, size: int = 32) -> ImageData:
                 imgs[i, ch][m] = colour[ch]
             labels[i, lab] = 1.0
     return ImageData(torch.from_numpy(imgs) * 2 - 1, torch.from_numpy(labels), f"generated shapes ({n} images, seed {seed})")
-
-
-def load_image_folder(path: str | os.PathLike, size: int = 64) -> ImageData:
-    """Every image under ``path`` (``torchvision.datasets.ImageFolder`` layout: one folder per
-    class), resized and centre-cropped to ``size``×``size`` RGB; e.g. AFHQ as in the 004 report."""
-    from torchvision import datasets, transforms
-
-    path = Path(path)
-    if not path.is_dir():
-        raise FileNotFoundError(f"image folder {path} does not exist (expected {path}/CLASS_NAME/*.png|jpg)")
-    tf = transforms.Compose([transforms.Resize(size), transforms.CenterCrop(size), transforms.ToTensor()])
-    ds = datasets.ImageFolder(str(path), transform=tf)
-    xs, ys = zip(*[ds[i] for i in range(len(ds))])
-    what = f"image folder {path} ({len(ds)} images, {len(ds.classes)} classes)"
-    return ImageData(torch.stack(xs) * 2 - 1, torch.tensor(ys, dtype=torch.long), what)

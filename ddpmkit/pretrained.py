@@ -98,14 +98,21 @@ def load_pretrained(name: str, device: str = "cpu", directory: Path = CHECKPOINT
 # --- the evaluator recipes ----------------------------------------------------------------
 
 
-def train_evaluator(recipe: str, seed: int = 0, download: bool = False, progress: bool = True) -> tuple[ImageClassifier, dict]:
+def train_evaluator(recipe: str, seed: int = 0, download: bool = False, progress: bool = True,
+                    dataset: str | None = None, image_size: int | None = None) -> tuple[ImageClassifier, dict]:
     """Run an evaluator recipe and score it on held-out data. Returns ``(model, metadata)``.
 
     * ``mnist-classifier``: MNIST's training split (or, offline, the test split minus its
       fixed 1,000 held-out images), scored on the held-out images;
     * ``shapes-evaluator``: 20,000 generated shapes (seed ``seed``), scored on 1,000 drawn
-      with another seed.
+      with another seed;
+    * ``folder-evaluator``: the folder of images ``dataset`` at ``image_size``, a fixed 10%
+      held out (:func:`folder_evaluator_data`): its classes when it has class subfolders,
+      otherwise which of 4 rotations (0°, 90°, 180°, 270°) an image was turned by, a task
+      that needs no labels and whose features still see shapes (Gidaris et al. 2018).
     """
+    if (dataset is not None or image_size is not None) and recipe != "folder-evaluator":
+        raise ValueError(f"the {recipe} recipe trains on its own data set; --dataset and --image-size are for folder-evaluator")
 
     if recipe == "mnist-classifier":
         cfg = ClassifierConfig(seed=seed)
@@ -113,8 +120,14 @@ def train_evaluator(recipe: str, seed: int = 0, download: bool = False, progress
     elif recipe == "shapes-evaluator":
         cfg = shapes_evaluator_config(seed=seed)
         train, held = images.make_shapes(20000, seed=seed), images.make_shapes(1000, seed=seed + 10_000)
+    elif recipe == "folder-evaluator":
+        if dataset is None:
+            raise ValueError("the folder-evaluator recipe trains on a folder of images: pass --dataset PATH/TO/FOLDER")
+        train, held, outputs = folder_evaluator_data(dataset, image_size, seed)
+        cfg = ClassifierConfig(in_channels=3, image_size=train.images.shape[-1], num_outputs=outputs, seed=seed,
+                               epochs=max(4, -(-4000 // len(train.images))))  # at least ~4,000 images seen  # fmt: skip
     else:
-        raise ValueError(f"unknown evaluator recipe {recipe!r}; choose 'mnist-classifier' or 'shapes-evaluator'")
+        raise ValueError(f"unknown evaluator recipe {recipe!r}; choose 'mnist-classifier', 'shapes-evaluator' or 'folder-evaluator'")
     t0 = time.perf_counter()
     clf = train_classifier(train.images, train.labels, cfg, progress=progress)
     scores = multilabel_accuracy(clf, held.images, held.labels) if cfg.multilabel else {"accuracy": accuracy(clf, held.images, held.labels)}
@@ -123,8 +136,33 @@ def train_evaluator(recipe: str, seed: int = 0, download: bool = False, progress
     return clf, meta
 
 
-def export_evaluator(recipe: str, out_dir, seed: int = 0, download: bool = False, progress: bool = True):
+def folder_evaluator_data(dataset: str, image_size: int | None, seed: int) -> tuple[images.ImageData, images.ImageData, int]:
+    """(training part, held-out part, number of outputs) for the folder evaluator: a seeded
+    10% of the folder (at least one image) is held out. Class labels when the folder has
+    classes; otherwise each image turned by a seeded multiple of 90° and labelled by it."""
+    from .data import folder_config, load_image_folder
+
+    path, folder = folder_config(dataset, image_size)
+    d = load_image_folder(path, folder)
+    x, y, outputs = d.images, d.labels, len(folder.class_names)
+    g = torch.Generator().manual_seed(seed)
+    if not folder.class_names:
+        y = torch.randint(0, 4, (len(x),), generator=g)
+        x = torch.stack([torch.rot90(img, int(k), dims=(1, 2)) for img, k in zip(x, y)])  # (N, 3, S, S)
+        outputs = 4
+    if len(x) < 2:
+        raise ValueError(f"{path} holds {len(x)} image; an evaluator needs at least 2 (one to train on, one to score)")
+    perm = torch.randperm(len(x), generator=g)
+    k = max(1, len(x) // 10)
+    task = "classes" if folder.class_names else "rotation by 0/90/180/270 degrees (no classes in the folder)"
+    held = images.ImageData(x[perm[:k]], y[perm[:k]], f"{k} held-out images of {d.source}; task: {task}")
+    train = images.ImageData(x[perm[k:]], y[perm[k:]], f"{len(x) - k} images of {d.source}; task: {task}")
+    return train, held, outputs
+
+
+def export_evaluator(recipe: str, out_dir, seed: int = 0, download: bool = False, progress: bool = True,
+                     dataset: str | None = None, image_size: int | None = None):
     """Train an evaluator recipe and write ``OUT_DIR/RECIPE.safetensors`` + ``.json`` (the
     shipped-checkpoint format). Returns ``(weights path, metadata)``."""
-    clf, meta = train_evaluator(recipe, seed=seed, download=download, progress=progress)
+    clf, meta = train_evaluator(recipe, seed=seed, download=download, progress=progress, dataset=dataset, image_size=image_size)
     return export_module(clf, recipe, "classifier", clf.config.to_dict(), meta, out_dir=out_dir), meta

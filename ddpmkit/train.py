@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from . import distributed
 from .checkpoint import load_state, save_json, save_state
 from .common import CHECKPOINT_FILE, CONFIG_FILE, METADATA_FILE, hardware, resolve_device
-from .data import Conditioning, dataset_spec, load_training_data
+from .data import Conditioning, DatasetSpec, FolderConfig, dataset_spec, load_training_data
 from .diffusion import Predictor, check_predictor, diffusion_loss, draw_timesteps, randn
 from .models import MLPConfig
 from .networks import ModelConfig, build_model, config_from_dict, config_to_dict
@@ -78,15 +78,16 @@ class TrainConfig:
 class RunConfig:
     """Everything needed to rebuild a run: data, network, conditioning, schedule, optimization."""
 
-    dataset: str = "swiss_roll"  # a registered data set (ddpmkit.data.DATASETS), vector or image
+    dataset: str = "swiss_roll"  # a registered data set (ddpmkit.data.DATASETS), vector or image; or an image folder's absolute path
     model: ModelConfig = field(default_factory=MLPConfig)  # the network: an MLP for vectors, a UNet for images
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)  # β schedule, T = 1000, 1e-4 → 0.02
     train: TrainConfig = field(default_factory=TrainConfig)  # optimization
     cond: Conditioning = "none"  # "class" (labels 0..K-1), "multi" (multi-hot) or "none"
+    folder: FolderConfig | None = None  # image-folder runs only: the image size and classes (ddpmkit.data.folder_config)
 
     def __post_init__(self):
         """The parts must fit each other and the data set (checked again by every ``replace``)."""
-        spec = dataset_spec(self.dataset)
+        spec = self.spec
         if self.cond not in spec.conditionings:
             raise ValueError(f"cond={self.cond!r} does not fit {self.dataset}, which allows {', '.join(spec.conditionings)}")
         want = UNetConfig if spec.kind == "image" else MLPConfig
@@ -97,6 +98,9 @@ class RunConfig:
         if size != spec.shape[0]:
             unit = "channels" if spec.kind == "image" else "dimensions"
             raise ValueError(f"the network takes {size} {unit} but {self.dataset} has {spec.shape[0]}")
+        if isinstance(m, UNetConfig) and spec.shape[-1] % 2 ** (len(m.channel_mults) - 1):
+            raise ValueError(f"a {len(m.channel_mults)}-level UNet halves its input {len(m.channel_mults) - 1} times: the image side "
+                             f"({spec.shape[-1]}) must be divisible by {2 ** (len(m.channel_mults) - 1)}")
         classes, labels = getattr(m, "num_classes", None), getattr(m, "num_labels", None)
         if (classes, labels) != (spec.num_classes if self.cond == "class" else None, spec.num_labels if self.cond == "multi" else None):
             raise ValueError(
@@ -106,10 +110,15 @@ class RunConfig:
             )
         check_predictor(self.train.predictor, NoiseSchedule.from_config(self.schedule))
 
+    @property
+    def spec(self) -> DatasetSpec:
+        """The data set's spec: the registered one, or the image folder's as recorded."""
+        return dataset_spec(self.dataset, self.folder)
+
     def to_dict(self) -> dict:
         return {
-            "dataset": self.dataset, **config_to_dict(self.model), "cond": self.cond,
-            "schedule": self.schedule.to_dict(), "train": asdict(self.train),
+            "dataset": self.dataset, **({"folder": self.folder.to_dict()} if self.folder else {}), **config_to_dict(self.model),
+            "cond": self.cond, "schedule": self.schedule.to_dict(), "train": asdict(self.train),
         }  # fmt: skip
 
     @classmethod
@@ -117,6 +126,7 @@ class RunConfig:
         return cls(
             dataset=d["dataset"], model=config_from_dict(d.get("arch", "mlp"), d["model"]), cond=d.get("cond", "none"),
             schedule=ScheduleConfig.from_dict(d["schedule"]), train=TrainConfig(**d["train"]),
+            folder=FolderConfig.from_dict(d["folder"]) if d.get("folder") else None,
         )  # fmt: skip
 
 
@@ -173,7 +183,7 @@ class Trainer:
         self._sched_dev = self.schedule.to(self.device)
         self.data_source = "data given in memory"
         if data is None:
-            data, labels, self.data_source = load_training_data(config.dataset, tc.n_train, tc.seed, download)
+            data, labels, self.data_source = load_training_data(config.dataset, tc.n_train, tc.seed, download, config.folder)
         self.data = data.to(self.device)  # (N, D) or (N, C, H, W)
         if config.cond != "none" and labels is None:
             raise ValueError(f"cond={config.cond!r} needs labels: pass labels=... with the in-memory data")
@@ -345,7 +355,7 @@ def apply_overrides(config: RunConfig, overrides: dict, *, resumed: bool = False
         given = [flag(k) for k in overrides if OVERRIDES[k][0] == "model"]
         raise ValueError(f"{', '.join(given)} configure the vector MLPs, but {config.dataset} trains a UNet; "
                          "change the UNet through a recipe (ddpmkit.recipes) instead")
-    if "n_train" in overrides and dataset_spec(config.dataset).fixed_size:
+    if "n_train" in overrides and config.spec.fixed_size:
         raise ValueError(f"{flag('n_train')} sets how many samples are drawn, but {config.dataset} is a fixed set that trains on all of its images")
     schedule_name = parts["schedule"].get("name", config.schedule.name)
     unread = [flag(k) for k in overrides if OVERRIDES[k][0] == "schedule" and OVERRIDES[k][1] not in ("name", "T")

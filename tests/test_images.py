@@ -15,7 +15,6 @@ from ddpmkit.images import (
     SHAPE_LABELS,
     MissingTrainingSplitWarning,
     load_digits8x8,
-    load_image_folder,
     load_mnist,
     make_shapes,
     read_idx,
@@ -168,19 +167,6 @@ def test_digits8x8_and_shapes():
     red = (s.images[:, 0] > 0.9) & (s.images[:, 1] < -0.7) & (s.images[:, 2] < -0.7)
     has_red_label = s.labels[:, :3].sum(1) > 0
     assert torch.equal(red.flatten(1).any(1), has_red_label)
-
-
-def test_image_folder(tmp_path):
-    from PIL import Image
-
-    for cls in ("cat", "dog"):
-        (tmp_path / cls).mkdir()
-        for i in range(2):
-            Image.fromarray(np.full((40, 50, 3), 40 * i, dtype=np.uint8)).save(tmp_path / cls / f"{i}.png")
-    d = load_image_folder(tmp_path, size=16)
-    assert d.images.shape == (4, 3, 16, 16) and d.labels.tolist() == [0, 0, 1, 1]
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        load_image_folder(tmp_path / "nope")
 
 
 def test_mnist_fallback_can_be_quiet_and_kid_does_not_warn(test_split_only):
