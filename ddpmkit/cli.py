@@ -474,7 +474,7 @@ def _evaluate(a) -> int:
     return 0
 
 
-def _fid_real(a, side: int | None):
+def _fid_real(a, side: int, n_samples: int):
     """The real images for ``ddpmkit fid``: (N, C, S, S) in [-1, 1], and what they are."""
     from . import images
     from .data import DATASETS, FolderConfig, folder_config, load_image_folder
@@ -482,8 +482,9 @@ def _fid_real(a, side: int | None):
     if a.dataset in DATASETS:
         if a.image_size is not None:
             raise ValueError(f"--image-size resizes a folder of real images; {a.dataset} has a fixed size: drop it")
+        n_shapes = max(2000, (a.n_real or 0) + n_samples)  # enough for the reference and a baseline as large as the samples
         loaders = {"mnist": lambda: images.load_mnist("eval", warn=False), "digits8x8": images.load_digits8x8,
-                   "shapes": lambda: images.make_shapes(a.n_real or 2000, seed=20_000)}  # a seed neither training nor the evaluator used
+                   "shapes": lambda: images.make_shapes(n_shapes, seed=20_000)}  # a seed neither training nor the evaluator used
         if a.dataset not in loaders:
             raise ValueError(f"{a.dataset} is a vector set: score its samples with ddpmkit evaluate")
         d = loaders[a.dataset]()
@@ -501,7 +502,13 @@ def _fid_samples(a):
     from .data import folder_config, load_image_folder
 
     if a.samples.is_dir():
-        path, folder = folder_config(a.samples, a.image_size)
+        from PIL import Image
+
+        from .data import scan_image_folder
+
+        with Image.open(scan_image_folder(a.samples).files[0]) as first:
+            side = a.image_size or min(first.size)  # the samples' own size unless --image-size says otherwise
+        path, folder = folder_config(a.samples, side)
         return load_image_folder(path, folder).images
     if not a.samples.is_file():
         raise FileNotFoundError(f"samples {a.samples} do not exist (a .npy file from ddpmkit sample, or a folder of images)")
@@ -518,7 +525,7 @@ def _fid(a) -> int:
     from .fid import SHIPPED_EVALUATORS, fid_with_baseline
 
     fake = _fid_samples(a)
-    real, source = _fid_real(a, fake.shape[-1])
+    real, source = _fid_real(a, fake.shape[-1], len(fake))
     clf, name = None, None
     if a.features == "classifier":
         name = a.classifier or SHIPPED_EVALUATORS.get(a.dataset)

@@ -259,21 +259,25 @@ class FolderScan:
     skipped: tuple[Path, ...]  # files without an image extension (README.txt, ...), left out
 
 
+def image_extensions() -> tuple[str, ...]:
+    """The file endings read as images: torchvision's ``IMG_EXTENSIONS`` and ``.gif`` (PIL reads it; the first frame)."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    return (*IMG_EXTENSIONS, ".gif")
+
+
 def _image_files(folder: Path, recursive: bool) -> tuple[list[Path], list[Path]]:
     """(images, other files) in ``folder``, sorted; hidden files and folders (``.DS_Store``,
     macOS's ``._x.png``) are not data and are passed over."""
-    from torchvision.datasets.folder import IMG_EXTENSIONS
-
+    exts = image_extensions()
     found = sorted(p for p in (folder.rglob("*") if recursive else folder.iterdir()) if p.is_file())
     found = [p for p in found if not any(part.startswith(".") for part in p.relative_to(folder).parts)]
-    images = [p for p in found if p.suffix.lower() in IMG_EXTENSIONS]
-    return images, [p for p in found if p.suffix.lower() not in IMG_EXTENSIONS]
+    images = [p for p in found if p.suffix.lower() in exts]
+    return images, [p for p in found if p.suffix.lower() not in exts]
 
 
 def scan_image_folder(path: str | os.PathLike) -> FolderScan:
     """Find the images under ``path`` and their classes, or say exactly what is wrong."""
-    from torchvision.datasets.folder import IMG_EXTENSIONS
-
     root = Path(path).expanduser().resolve()
     if not root.exists():
         raise FileNotFoundError(f"image folder {path} does not exist")
@@ -293,7 +297,7 @@ def scan_image_folder(path: str | os.PathLike) -> FolderScan:
             f"or keep them all in the folder itself for an unconditional one")
     if not classes and not loose:
         raise ValueError(
-            f"no images found in {path} or its subfolders (looked for {', '.join(IMG_EXTENSIONS)}"
+            f"no images found in {path} or its subfolders (looked for {', '.join(image_extensions())}"
             + (f"; found {len(other)} other file(s), e.g. {other[0].relative_to(root)}" if other else "") + ")")
     if not classes:
         return FolderScan(root, tuple(loose), (0,) * len(loose), (), tuple(other))

@@ -2,7 +2,10 @@
 (defaults, a recipe, an image set, a resumed run), or is refused with its name."""
 
 import dataclasses
+import functools
 import json
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,7 +13,7 @@ import pytest
 from ddpmkit.cli import build_parser, main
 from ddpmkit.data import DATASETS
 from ddpmkit.models import MLPConfig
-from ddpmkit.recipes import RECIPES, for_dataset, get_recipe
+from ddpmkit.recipes import FOLDER_RECIPES, RECIPES, for_dataset, get_recipe
 from ddpmkit.schedules import ScheduleConfig
 from ddpmkit.train import OVERRIDES, RunConfig, TrainConfig, apply_overrides, flag
 from ddpmkit.unet import UNetConfig
@@ -21,7 +24,7 @@ VALUES = {
     "predictor": "v", "seed": 5, "device": "auto", "label_dropout": 0.2, "n_train": 100, "schedule": "quadratic", "T": 50,
     "beta_1": 2e-4, "beta_T": 0.03, "model": "concat", "hidden": [16, 16], "precision": "bf16",
 }  # fmt: skip
-NOT_CONFIG = {"dataset", "recipe", "cond", "out", "resume", "download", "no_progress"}  # flags that choose the start, not a field
+NOT_CONFIG = {"dataset", "recipe", "cond", "image_size", "out", "resume", "download", "no_progress"}  # flags that choose the start, not a field
 
 
 def test_every_override_has_a_test_value():
@@ -36,7 +39,23 @@ def test_every_train_flag_is_wired():
     assert dests == set(OVERRIDES) | NOT_CONFIG, dests ^ (set(OVERRIDES) | NOT_CONFIG)
 
 
-STARTS = {f"dataset:{n}": (lambda n=n: for_dataset(n)) for n in DATASETS} | {f"recipe:{n}": (lambda n=n: get_recipe(n)) for n in RECIPES}
+@functools.cache
+def png_folder() -> str:
+    """Two classes of generated shapes as PNG files, made once per test session."""
+    from PIL import Image
+
+    from ddpmkit.images import make_shapes
+
+    root = Path(tempfile.mkdtemp(prefix="ddpmkit-folder-"))
+    for i, x in enumerate(make_shapes(4, seed=0).images):
+        (root / f"c{i % 2}").mkdir(exist_ok=True)
+        Image.fromarray(((x.permute(1, 2, 0).numpy() + 1) * 127.5).round().astype(np.uint8)).save(root / f"c{i % 2}" / f"{i}.png")
+    return str(root)
+
+
+STARTS = ({f"dataset:{n}": (lambda n=n: for_dataset(n)) for n in DATASETS} | {f"recipe:{n}": (lambda n=n: get_recipe(n)) for n in RECIPES}
+          | {"folder": lambda: for_dataset(png_folder(), image_size=16)}
+          | {f"recipe:{n}": (lambda r=r: r(png_folder())) for n, r in FOLDER_RECIPES.items()})  # fmt: skip
 
 
 @pytest.mark.parametrize("start", STARTS)

@@ -306,7 +306,7 @@ def test_full_profile_evaluator_is_trained_once(tmp_path, monkeypatch):
     monkeypatch.setenv("DDPMKIT_RUNS", str(tmp_path))
     calls = []
 
-    def fake_train(recipe, seed=0, download=False, progress=True):
+    def fake_train(recipe, seed=0, download=False, progress=True, dataset=None, image_size=None):
         calls.append(recipe)
         return ImageClassifier(ClassifierConfig(features=8)).eval(), {"data": "fake", "held_out": {"accuracy": 0.5}}
 
