@@ -19,6 +19,8 @@ EXAMPLES = """examples:
   ddpmkit evaluate samples.npy --dataset swiss_roll         # EMD, Chamfer, KDE NLL as JSON
   ddpmkit sample runs/swiss --sampler ddim --steps 50 --out fast.npy
   ddpmkit sample runs/swiss --sampler deterministic --prior prior.npy --out reproduced.npy
+  ddpmkit train --dataset path/to/images --image-size 64 --out runs/mine   # a folder of images; class subfolders are labels
+  ddpmkit fid samples.npy --dataset shapes                  # image FID with its counts and a real-vs-real baseline
 """
 
 
@@ -522,6 +524,7 @@ def _fid_samples(a):
 
 
 def _fid(a) -> int:
+    from .data import DATASETS
     from .fid import SHIPPED_EVALUATORS, fid_with_baseline
 
     fake = _fid_samples(a)
@@ -529,6 +532,9 @@ def _fid(a) -> int:
     clf, name = None, None
     if a.features == "classifier":
         name = a.classifier or SHIPPED_EVALUATORS.get(a.dataset)
+        if name is None and a.dataset in DATASETS:
+            raise ValueError(f"no evaluator ships for {a.dataset}: pass --classifier FILE.safetensors (an evaluator for "
+                             f"{'×'.join(map(str, real.shape[1:]))} images), or use --features inception with its weights on disk")
         if name is None:
             raise ValueError(f"the classifier FID of {a.dataset} needs an evaluator: train one with ddpmkit train --recipe folder-evaluator "
                              f"--dataset {a.dataset} --image-size {real.shape[-1]} --out DIR and pass --classifier DIR/folder-evaluator.safetensors "

@@ -323,6 +323,8 @@ def test_fid_cli_on_a_folder_with_its_own_evaluator(shapes_folder, tmp_path, cap
     ):
         assert main(["fid", str(tmp_path / "s.npy"), "--dataset", str(root), *argv]) == 2
         assert message in capsys.readouterr().err
+    assert main(["fid", str(tmp_path / "s.npy"), "--dataset", "digits8x8"]) == 2
+    assert "no evaluator ships for digits8x8: pass --classifier" in capsys.readouterr().err
     np.save(tmp_path / "wrong.npy", make_shapes(4).images.numpy())  # [-1, 1], not pixel values
     assert main(["fid", str(tmp_path / "wrong.npy"), "--dataset", "shapes"]) == 2
     assert "must be pixel values in [0, 1]" in capsys.readouterr().err
