@@ -332,9 +332,11 @@ def load_image_folder(path: str | os.PathLike, folder: FolderConfig | None = Non
     ``folder.image_size``, RGB, (N, 3, S, S) float32 in [-1, 1], with class labels (N,) from
     the subfolders (zeros when unconditional). Files that cannot be read are all named in one
     error, and nothing is loaded; the folder is never changed. ``folder`` (a run's record)
-    must match the classes found, so a resumed run trains on the same labels."""
+    must match the classes found, so a resumed run trains on the same labels. ``progress``:
+    None shows a bar on a terminal only, True always, False never."""
     from torchvision.transforms import v2 as T
-    from tqdm.auto import tqdm
+    from tqdm import tqdm as text_bar
+    from tqdm.auto import tqdm as auto_bar
 
     scan = scan_image_folder(path)
     folder = folder or FolderConfig(class_names=scan.class_names)
@@ -346,7 +348,10 @@ def load_image_folder(path: str | os.PathLike, folder: FolderConfig | None = Non
     resize = T.Compose([T.PILToTensor(), T.Resize(size, antialias=True), T.CenterCrop(size)])
     out = torch.empty((len(scan.files), 3, size, size), dtype=torch.uint8)  # (N, 3, S, S), a quarter of float32's memory while reading
     bad = []
-    for i, f in enumerate(tqdm(scan.files, desc="reading images", unit="img", disable=True if progress is False else None)):
+    # progress None: a text bar on a terminal only (none in a notebook, where stderr is no terminal); True: always; False: never
+    bar = auto_bar(scan.files, desc="reading images", unit="img") if progress else text_bar(scan.files, desc="reading images", unit="img",
+                                                                                             disable=None if progress is None else True)  # fmt: skip
+    for i, f in enumerate(bar):
         try:
             out[i] = resize(_open_rgb(f))
         except (OSError, ValueError, SyntaxError) as e:  # PIL: UnidentifiedImageError / truncated data (OSError), bad headers
