@@ -284,12 +284,17 @@ def scan_image_folder(path: str | os.PathLike) -> FolderScan:
     if not root.is_dir():
         raise ValueError(f"{path} is a file; --dataset takes a folder of images (or a registered set's name)")
     loose, other = _image_files(root, recursive=False)
-    classes = []
+    classes, empty = [], []
     for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         imgs, rest = _image_files(sub, recursive=True)
         other += rest
         if imgs:
             classes.append((sub.name, imgs))
+        else:
+            empty.append(sub.name)
+    if classes and empty:  # an empty class folder would silently drop a class and shift the labels after it
+        raise ValueError(f"{path} has class subfolders without images ({', '.join(empty)}) beside ones with images; "
+                         "add images to them or remove them, so that every class has examples")
     if classes and loose:
         raise ValueError(
             f"{path} holds images directly ({len(loose)}, e.g. {loose[0].name}) and class subfolders with images "

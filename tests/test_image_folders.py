@@ -86,7 +86,7 @@ def test_flat_folder_and_single_subfolder_are_unconditional(tmp_path):
         assert load_image_folder(path, FolderConfig(image_size=16)).labels.eq(0).all()
 
 
-@pytest.mark.parametrize("layout", ["empty", "only-text", "mixed", "missing", "file"])
+@pytest.mark.parametrize("layout", ["empty", "only-text", "mixed", "missing", "file", "empty-class"])
 def test_bad_layouts_are_named(tmp_path, layout):
     root = tmp_path / "data"
     if layout != "missing":
@@ -100,8 +100,11 @@ def test_bad_layouts_are_named(tmp_path, layout):
     if layout == "file":
         root.rmdir()
         root.write_text("x")
+    if layout == "empty-class":
+        write_shapes(root, n=4)
+        (root / "0-shapes").mkdir()
     expect = {"empty": "no images found in", "only-text": r"found 1 other file\(s\), e.g. notes/a.txt", "mixed": "stray.png",
-              "missing": "does not exist", "file": "is a file"}[layout]
+              "missing": "does not exist", "file": "is a file", "empty-class": r"class subfolders without images \(0-shapes\)"}[layout]
     with pytest.raises((ValueError, FileNotFoundError), match=expect):
         scan_image_folder(root)
     assert cli("train", "--dataset", root, "--out", tmp_path / "run", "--iterations", "1", "--no-progress") == 2
