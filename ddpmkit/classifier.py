@@ -84,8 +84,9 @@ class ImageClassifier(nn.Module):
         return self.head(self.body(x))  # (B, num_outputs) logits
 
 
-class _Features(nn.Module):
-    """Adapter: torchmetrics calls ``feature(imgs)`` and reads ``num_features``."""
+class ClassifierFeatures(nn.Module):
+    """Adapter: torchmetrics calls ``feature(imgs)`` and reads ``num_features``; the
+    classifier's penultimate layer in float64 (the feature space of every classifier FID)."""
 
     def __init__(self, clf: ImageClassifier):
         super().__init__()
@@ -182,7 +183,7 @@ def feature_fid_kid(model: ImageClassifier, real: torch.Tensor, fake: torch.Tens
     from torchmetrics.image.kid import KernelInceptionDistance
 
     model.eval()
-    feat = _Features(model)
+    feat = ClassifierFeatures(model)
     subset = min(kid_subset, len(real), len(fake))
     fid = FrechetInceptionDistance(feature=feat, reset_real_features=True)
     with warnings.catch_warnings():  # torchmetrics warns that KID keeps its features in memory: known, and small here

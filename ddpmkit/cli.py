@@ -479,7 +479,7 @@ def _evaluate(a) -> int:
 def _fid_real(a, side: int, n_samples: int):
     """The real images for ``ddpmkit fid``: (N, C, S, S) in [-1, 1], and what they are."""
     from . import images
-    from .data import DATASETS, FolderConfig, folder_config, load_image_folder
+    from .data import DATASETS, folder_config, load_image_folder
 
     if a.dataset in DATASETS:
         if a.image_size is not None:
@@ -491,8 +491,7 @@ def _fid_real(a, side: int, n_samples: int):
             raise ValueError(f"{a.dataset} is a vector set: score its samples with ddpmkit evaluate")
         d = loaders[a.dataset]()
         return d.images, d.source
-    path, folder = folder_config(a.dataset, a.image_size or side)
-    d = load_image_folder(path, FolderConfig(image_size=folder.image_size, class_names=folder.class_names))
+    d = load_image_folder(*folder_config(a.dataset, a.image_size or side))
     return d.images, d.source
 
 

@@ -25,7 +25,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from torch import nn
 
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"  # torch-fidelity's FID Inception-v3 (TF's pool3 features)
 INCEPTION_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{INCEPTION_FILE}"
@@ -80,25 +79,16 @@ class FIDResult:
                 f"real-vs-real baseline {self.real_vs_real:.2f} ({self.n_baseline} held-out real images against the same {self.n_reference})")
 
 
-class _ClassifierFeatures(nn.Module):
-    """torchmetrics' custom feature extractor: the classifier's penultimate layer, in float64."""
-
-    def __init__(self, clf):
-        super().__init__()
-        self.clf, self.num_features = clf.eval(), clf.num_features
-
-    def forward(self, x):  # x: (B, C, S, S) in [-1, 1]
-        return self.clf.features(x).double()  # (B, features)
-
-
 def _metric(features: str, classifier=None, weights: str | os.PathLike | None = None):
     """(torchmetrics FrechetInceptionDistance, function mapping images in [-1, 1] to its input)."""
     from torchmetrics.image.fid import FrechetInceptionDistance
 
+    from .classifier import ClassifierFeatures
+
     if features == "classifier":
         if classifier is None:
             raise ValueError("the classifier FID needs an evaluator classifier (its features are the FID's space)")
-        return FrechetInceptionDistance(feature=_ClassifierFeatures(classifier), reset_real_features=True), lambda x: x
+        return FrechetInceptionDistance(feature=ClassifierFeatures(classifier.eval()), reset_real_features=True), lambda x: x
     if features == "inception":
         fid = FrechetInceptionDistance(feature=2048, normalize=True, feature_extractor_weights_path=str(inception_weights(weights)),
                                        reset_real_features=True)  # fmt: skip
