@@ -141,8 +141,8 @@ class EMA:
     @torch.no_grad()
     def update(self, model: nn.Module, step: int) -> None:
         d = min(self.decay, (1 + step) / (10 + step))
-        for pe, p in zip(self.model.parameters(), model.parameters()):
-            pe.lerp_(p.detach(), 1.0 - d)
+        # one fused call for all tensors (a loop of lerp_ per tensor costs a GPU launch each)
+        torch._foreach_lerp_(list(self.model.parameters()), [p.detach() for p in model.parameters()], 1.0 - d)
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -214,7 +214,7 @@ class Trainer:
         if self.ema and state.get("ema") is not None:
             self.ema.model.load_state_dict(state["ema"])
         self.opt.load_state_dict(state["optimizer"])
-        self.gen.set_state(state["generator"].cpu() if self.device.type == "cpu" else state["generator"])
+        self.gen.set_state(state["generator"].cpu())  # a generator's state is a CPU byte tensor, on CUDA too
         self.step = int(state["step"])
         self.losses = state["losses"].tolist()
         self.wall_time = float(state.get("wall_time", 0.0))

@@ -153,15 +153,17 @@ def steps_sweep(model, schedule, classifier, real: torch.Tensor, w: float, steps
     return rows
 
 
-def shapes_guidance_sweep(model, schedule, evaluator_model, label_sets: torch.Tensor, ws, *, steps: int = 50, seed: int = 0) -> list[dict]:
+def shapes_guidance_sweep(model, schedule, evaluator_model, label_sets: torch.Tensor, ws, *, steps: int = 50, seed: int = 0,
+                          sampler: str = "ddim") -> list[dict]:
     """Guided shapes for the multi-hot ``label_sets`` (N, 9), scored by the shapes evaluator
-    (:func:`ddpmkit.classifier.multilabel_accuracy`) at each guidance weight."""
+    (:func:`ddpmkit.classifier.multilabel_accuracy`) at each guidance weight, sampled by the
+    registered ``sampler`` in ``steps`` steps."""
     from ..classifier import multilabel_accuracy
 
     rows = []
     for w in ws:
         t0 = time.perf_counter()
-        x = guided_samples(model, schedule, label_sets, w, image_size=dataset_spec("shapes").shape[-1], steps=steps, seed=seed)
+        x = guided_samples(model, schedule, label_sets, w, image_size=dataset_spec("shapes").shape[-1], steps=steps, seed=seed, sampler=sampler)
         secs = time.perf_counter() - t0
         rows.append({"w": float(w), **multilabel_accuracy(evaluator_model, x, label_sets), "seconds": secs, "samples": x})
     return rows
