@@ -43,10 +43,14 @@ def mnist_cfg() -> RunConfig:
 
 def shapes_cfg() -> RunConfig:
     """Multi-label shapes UNet (3×32×32, 9-label multi-hot through a linear layer, as the
-    iCLEVR lab of the 003 report); label dropout 0.1 zeroes the whole vector for guidance."""
+    iCLEVR lab of the 003 report); label dropout 0.1 zeroes the whole vector for guidance.
+
+    15,000 steps: 6 min on one H200 (24 ms a step), about 70 min on 2 CPU cores. At 3,000
+    steps the label recall of guided samples stayed at 0.73; at 15,000 it is 0.97 (the
+    shipped checkpoint's notes)."""
     shapes = dataset_spec("shapes")
     unet = UNetConfig(in_channels=shapes.shape[0], base_channels=16, channel_mults=(1, 2, 2), attn_levels=(2,), num_labels=shapes.num_labels)
-    return _image_run("shapes", "multi", unet, iterations=3000, n_train=20000)
+    return _image_run("shapes", "multi", unet, iterations=15000, n_train=20000)
 
 
 def swiss_roll() -> RunConfig:

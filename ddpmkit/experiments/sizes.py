@@ -27,6 +27,7 @@ class BookSize:
     per_class: int = 30  # guided samples per class (MNIST) or per label set (shapes) in each sweep
     image_steps: int = 50  # DDIM steps for image sampling in the sweeps
     guidance_ws: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0)  # guidance weights swept (CS726 convention)
+    shapes_ws: tuple[float, ...] = (0.0, 2.0, 4.0, 6.0, 8.0)  # guidance weights of the shapes sweep (9 labels need more)
     image_ddim_steps: tuple[int, ...] = (5, 10, 20, 50, 100)  # DDIM step counts in the image-sampling chapter
     image_solver_steps: tuple[int, ...] = (5, 10, 20)  # DPM-Solver++(2M) step counts there
     ddpm_reference: int = 100  # images drawn by 1,000-step ancestral DDPM as the reference there
@@ -39,8 +40,8 @@ class BookSize:
 SIZES: dict[str, BookSize] = {
     "smoke": BookSize(
         iterations=300, sweep_iterations=150, T_values=(10, 50), schedule_T=50, n_eval=256, ddim_steps=(5, 20), elbo_points=32,
-        T_main=100, per_class=2, image_steps=5, guidance_ws=(0.0, 2.0), image_ddim_steps=(2, 5), image_solver_steps=(2, 5), ddpm_reference=0,
-        n_real=100, classify_n=10, moons_iterations=300,
+        T_main=100, per_class=2, image_steps=5, guidance_ws=(0.0, 2.0), shapes_ws=(0.0, 6.0), image_ddim_steps=(2, 5), image_solver_steps=(2, 5),
+        ddpm_reference=0, n_real=100, classify_n=10, moons_iterations=300,
     ),
     "quick": BookSize(
         iterations=5000, sweep_iterations=2000, T_values=(10, 25, 50, 100, 200, 500, 1000), schedule_T=200, n_eval=2048,
