@@ -316,3 +316,23 @@ def test_full_profile_evaluator_is_trained_once(tmp_path, monkeypatch):
         clf, info = ex.evaluator("mnist-classifier", size)
         assert isinstance(clf, ImageClassifier) and info["metadata"]["data"] == "fake"
     assert calls == ["mnist-classifier"] and (tmp_path / "mnist-classifier.safetensors").exists()
+
+
+def test_shapes_sweep_uses_the_sampler_it_is_given():
+    """The sweep's sampler is the registered one named (SDE-DPM-Solver++ in the shapes chapter),
+    not always DDIM: same seed, different samplers, different images; an unknown name is refused."""
+    from ddpmkit.experiments.images import guided_samples, shapes_guidance_sweep
+    from ddpmkit.schedules import NoiseSchedule
+    from ddpmkit.unet import UNet
+
+    torch.manual_seed(0)
+    net = UNet(UNetConfig(in_channels=3, base_channels=16, channel_mults=(1, 2), attn_levels=(1,), num_labels=9)).eval()
+    clf = ImageClassifier(ClassifierConfig(in_channels=3, image_size=32, multilabel=True, num_outputs=9, features=16)).eval()
+    sched = NoiseSchedule.create("linear", 20)
+    requests = (torch.rand(3, 9) < 0.3).float()
+    rows = {s: shapes_guidance_sweep(net, sched, clf, requests, [2.0], steps=3, sampler=s)[0] for s in ("ddim", "dpm-solver-sde")}
+    for s, r in rows.items():  # each is exactly the named sampler's output
+        assert torch.equal(r["samples"], guided_samples(net, sched, requests, 2.0, image_size=32, steps=3, sampler=s))
+    assert not torch.allclose(rows["ddim"]["samples"], rows["dpm-solver-sde"]["samples"])
+    with pytest.raises(ValueError, match="dpm-solver-sde"):  # the error lists the registered samplers
+        shapes_guidance_sweep(net, sched, clf, requests, [2.0], steps=3, sampler="euler")
