@@ -25,7 +25,7 @@ class BookSize:
     T_main: int  # T of the main runs (Ho et al.: 1,000)
     # --- image chapters (smoke and quick load the shipped checkpoints; full retrains them)
     per_class: int = 30  # guided samples per class (MNIST) or per label set (shapes) in each sweep
-    image_steps: int = 50  # DDIM steps for image sampling in the sweeps
+    image_steps: int = 50  # sampler steps in the image sweeps (DDIM; SDE-DPM-Solver++ in the shapes sweep)
     guidance_ws: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0)  # guidance weights swept (CS726 convention)
     shapes_ws: tuple[float, ...] = (0.0, 2.0, 4.0, 6.0, 8.0)  # guidance weights of the shapes sweep (9 labels need more)
     image_ddim_steps: tuple[int, ...] = (5, 10, 20, 50, 100)  # DDIM step counts in the image-sampling chapter
