@@ -5,7 +5,8 @@
 #      the CLI, in segments (--resume is exact, so the segments make one run); after each segment a
 #      snapshot of the run (config, metadata, EMA weights and loss history) is kept.
 # Usage: OUT=dir DDPMKIT_DATA=dir-with-MNIST/raw bash benchmarks/gpu_runs.sh DEADLINE_SECONDS
-# Everything it writes goes to $OUT: train_speed_cuda.json, logs, mnist-snaps.tar, shapes-snaps.tar.
+# Everything it writes goes to $OUT: train_speed_cuda.json, logs, mnist-snaps.tar, shapes-snaps.tar (each a
+# snapshot per segment, plus NAME-last: the run folder as the deadline left it, which --resume continues on a GPU).
 set -u
 deadline=$(( SECONDS + ${1:-480} ))
 py=${PYTHON:-python3}
@@ -40,7 +41,10 @@ segments() {  # segments NAME RECIPE STEP...
 segments mnist mnist-cfg ${MNIST_STEPS:-6000 12000 18000 24000 30000 40000 50000} &
 segments shapes shapes-cfg ${SHAPES_STEPS:-5000 11000 15000 20000 25000 30000} &
 wait
-for name in mnist shapes; do  # one file per run, under 16 MB: the snapshots, not the optimizer states
+for name in mnist shapes; do  # one file per run (the tool brings back files up to 16 MB): the snapshots,
+    # and the last full checkpoint (optimizer included) so that a later GPU session can resume the run
+    [ -d "$OUT/snaps" ] && ls -d "$OUT/snaps/$name-"* > /dev/null 2>&1 || continue
+    cp -r "$OUT/runs/$name" "$OUT/snaps/$name-last"
     (cd "$OUT/snaps" && tar -cf "$OUT/$name-snaps.tar" $name-*)
 done
 rm -rf "$OUT/runs" "$OUT/snaps"
