@@ -100,7 +100,8 @@ def _add_train(sub) -> None:
     t.add_argument("--cond", choices=CONDITIONINGS, default=None,
                    help=f"conditioning (default: {image_defaults}, none for vector sets; class works for {labelled} too)")
     t.add_argument("--out", required=True, type=Path, help="run folder to create (config.json, checkpoint.pt)")
-    t.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped (only --iterations/--device may change)")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped (only --iterations/--device may change; "
+                   "on another kind of device, CPU or CUDA, the random draws restart from a seed, with a warning)")
     t.add_argument("--download", action="store_true", help="mnist: let torchvision download the data set into $DDPMKIT_DATA (needs internet)")
     t.add_argument("--iterations", type=_positive_int, default=None, help=f"optimizer steps (default {_default('train', 'iterations')})")
     t.add_argument("--batch-size", type=_positive_int, default=None, help=f"default {_default('train', 'batch_size')}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal, get_args
@@ -150,6 +151,9 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * min(1.0, (step + 1) / max(cfg.warmup, 1))
 
 
+_CPU_GENERATOR_STATE = torch.Generator().get_state().numel()  # bytes of a CPU (Mersenne Twister) state
+
+
 class Trainer:
     """Trains a denoiser on a fixed data tensor (N, ...) with Algorithm 1 of Ho et al.; with
     ``cond``, labels are passed to the network and dropped to the null condition with
@@ -204,6 +208,7 @@ class Trainer:
             "ema": self.ema.model.state_dict() if self.ema else None,
             "optimizer": self.opt.state_dict(),
             "generator": self.gen.get_state(),
+            "generator_device": self.gen.device.type,  # a CPU and a CUDA generator keep different states
             "step": self.step,
             "losses": torch.tensor(self.losses, dtype=torch.float32),
             "wall_time": self.wall_time,
@@ -214,7 +219,14 @@ class Trainer:
         if self.ema and state.get("ema") is not None:
             self.ema.model.load_state_dict(state["ema"])
         self.opt.load_state_dict(state["optimizer"])
-        self.gen.set_state(state["generator"].cpu())  # a generator's state is a CPU byte tensor, on CUDA too
+        saved = state.get("generator_device", "cpu" if state["generator"].numel() == _CPU_GENERATOR_STATE else "cuda")
+        if saved == self.gen.device.type:
+            self.gen.set_state(state["generator"].cpu())  # a generator's state is a CPU byte tensor, on CUDA too
+        else:  # resumed on another kind of device: its generator cannot take the saved state, so the
+            # draws go on from a seed fixed by the run and the step (the run continues, not bit for bit)
+            self.gen.manual_seed(self.config.train.seed + 1 + int(state["step"]))
+            warnings.warn(f"resumed on {self.device.type} a run saved on {saved}: its random draws continue from a new seed "
+                          f"(seed + 1 + step), so the result differs from an uninterrupted run", stacklevel=2)
         self.step = int(state["step"])
         self.losses = state["losses"].tolist()
         self.wall_time = float(state.get("wall_time", 0.0))
@@ -326,7 +338,7 @@ OVERRIDES: dict[str, tuple[str, str]] = {
     "schedule": ("schedule", "name"), "T": ("schedule", "T"), "beta_1": ("schedule", "beta_1"), "beta_T": ("schedule", "beta_T"),
     "model": ("model", "kind"), "hidden": ("model", "hidden"), "precision": ("train", "precision"),
 }  # fmt: skip
-RESUMABLE = ("iterations", "device")  # what a resumed run may change: it continues bit for bit otherwise
+RESUMABLE = ("iterations", "device")  # what a resumed run may change: on the same kind of device it continues bit for bit
 
 
 def flag(name: str) -> str:

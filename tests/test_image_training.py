@@ -342,3 +342,26 @@ def test_shapes_sweep_uses_the_sampler_it_is_given():
     assert not torch.allclose(rows["ddim"]["samples"], rows["dpm-solver-sde"]["samples"])
     with pytest.raises(ValueError, match="dpm-solver-sde"):  # the error lists the registered samplers
         shapes_guidance_sweep(net, sched, clf, requests, [2.0], steps=3, sampler="euler")
+
+
+def test_resume_on_another_kind_of_device_reseeds_the_draws(tmp_path):
+    """A run saved on CUDA and resumed on the CPU (or back): the CPU generator cannot take a
+    CUDA generator's state, so the draws restart from seed + 1 + step, with a warning, and the
+    run goes on. Checkpoints from before the device was recorded are read by their state's size."""
+    from ddpmkit.checkpoint import load_state, save_state
+
+    tr = Trainer(digits_config(3), tmp_path / "a")
+    tr.train(progress=False)
+    ckpt = tmp_path / "a" / "checkpoint.pt"
+    state = load_state(ckpt)
+    assert state["generator_device"] == "cpu"
+    old = {k: v for k, v in state.items() if k != "generator_device"}  # an older checkpoint: no device recorded
+    save_state(old, ckpt)
+    same = Trainer.resume(tmp_path / "a", iterations=6)
+    assert torch.equal(same.gen.get_state(), state["generator"])  # recognised as a CPU state: exact
+    save_state({**state, "generator": torch.zeros(16, dtype=torch.uint8), "generator_device": "cuda"}, ckpt)  # as CUDA saves it
+    with pytest.warns(UserWarning, match="new seed"):
+        moved = Trainer.resume(tmp_path / "a", iterations=6)
+    assert torch.equal(moved.gen.get_state(), torch.Generator().manual_seed(0 + 1 + 3).get_state())
+    moved.train(progress=False)
+    assert moved.step == 6 and all(np.isfinite(moved.losses))
