@@ -30,6 +30,7 @@ from PIL import Image
 
 from ddpmkit.checkpoint import save_json
 from ddpmkit.common import hardware, resolve_device
+from ddpmkit.data import dataset_spec
 from ddpmkit.recipes import folder_64, get_recipe
 from ddpmkit.train import Trainer
 
@@ -49,8 +50,7 @@ def trainer_for(name: str, folder: Path, device: str, precision: str) -> Trainer
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, device=device, precision=precision))
     if name == "folder-64":
         return Trainer(cfg)  # reads the folder: the recipe's own data path
-    shape = cfg.model.in_channels, *((28, 28) if cfg.dataset == "mnist" else (32, 32))
-    data = torch.rand(512, *shape) * 2 - 1  # (N, C, H, W)
+    data = torch.rand(512, *dataset_spec(cfg.dataset).shape) * 2 - 1  # (N, C, H, W)
     if cfg.cond == "class":
         labels = torch.randint(0, cfg.model.num_classes, (512,))  # (N,)
     else:

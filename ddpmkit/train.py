@@ -198,8 +198,14 @@ class Trainer:
         opt_cls = torch.optim.AdamW if tc.weight_decay > 0 else torch.optim.Adam
         self.opt = opt_cls(self.model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
         self.ema = EMA(self.model, tc.ema_decay) if tc.ema_decay > 0 else None
-        self.gen = torch.Generator(device=self.device).manual_seed(tc.seed + 1)
+        self.gen = torch.Generator(device=self.device).manual_seed(self._draw_seed(0))
         self.step, self.losses, self.wall_time = 0, [], 0.0
+
+    def _draw_seed(self, step: int) -> int:
+        """The seed of the generator that draws batches, timesteps and noise: ``seed + 1`` at the
+        start (``seed`` itself initialises the weights), ``seed + 1 + step`` when a run resumed on
+        another kind of device has to restart its draws."""
+        return self.config.train.seed + 1 + step
 
     # --- checkpoints -------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -224,7 +230,7 @@ class Trainer:
             self.gen.set_state(state["generator"].cpu())  # a generator's state is a CPU byte tensor, on CUDA too
         else:  # resumed on another kind of device: its generator cannot take the saved state, so the
             # draws go on from a seed fixed by the run and the step (the run continues, not bit for bit)
-            self.gen.manual_seed(self.config.train.seed + 1 + int(state["step"]))
+            self.gen.manual_seed(self._draw_seed(int(state["step"])))
             warnings.warn(f"resumed on {self.device.type} a run saved on {saved}: its random draws continue from a new seed "
                           f"(seed + 1 + step), so the result differs from an uninterrupted run", stacklevel=2)
         self.step = int(state["step"])
