@@ -18,7 +18,7 @@ Two parts, both written to benchmarks/results/samplers_cpu.json (the sampling ch
    since only the 1,000 held-out test digits are on disk). Target: DPM-Solver at 10 steps
    within 10% of DDIM-50.
 
-Usage: DDPMKIT_DATA=../shared/data python benchmarks/bench_samplers.py [--seeds 3] [--per-class 50] [--skip-mnist] [--out FILE]
+Usage: DDPMKIT_DATA=../shared/data python benchmarks/bench_samplers.py [--seeds 3] [--per-class 50] [--skip-mnist | --skip-2d] [--out FILE]
 """
 
 from __future__ import annotations
@@ -98,7 +98,16 @@ def mnist(per_class: int, progress: bool) -> dict:
         s = score_class_samples(clf, real, x, labels)
         rows.append({"sampler": sampler, "nfe": steps, "fid": s["fid"], "accuracy": s["accuracy"], "seconds_per_image": secs / n})
     baseline = feature_fid_kid(clf, real, other, kid_subset=min(100, n))["fid"]  # real against real, the same n
-    return {"w": w, "n": n, "real_vs_real_fid": baseline, "rows": rows}
+    return {"w": w, "n": n, "real_vs_real_fid": baseline, "rows": rows, "checkpoint_steps": info["metadata"]["steps"],
+            "machine": hardware(), "torch": torch.__version__, "threads": torch.get_num_threads(), "date": datetime.date.today().isoformat()}
+
+
+def report_mnist(per_class: int) -> dict:
+    m = mnist(per_class, progress=True)
+    print(f"MNIST mnist-cfg, w = {m['w']}, {m['n']} samples; real vs real FID {m['real_vs_real_fid']:.2f}")
+    for r in m["rows"]:
+        print(f"{r['sampler']:12s} {r['nfe']:5d} FID {r['fid']:8.2f}  accuracy {r['accuracy']:.3f}  {r['seconds_per_image']:.3f} s/image")
+    return m
 
 
 def main() -> None:
@@ -107,8 +116,19 @@ def main() -> None:
     p.add_argument("--points", type=int, default=2048, help="2-D samples per sampler and seed (KAIST: 2,048)")
     p.add_argument("--per-class", type=int, default=50, help="MNIST samples per digit (500 in all: the 1,000 held-out digits make two sets of 500)")
     p.add_argument("--skip-mnist", action="store_true")
+    p.add_argument("--skip-2d", action="store_true", help="re-measure only the MNIST part and replace it in --out (the 2-D part kept)")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "samplers_cpu.json")
     a = p.parse_args()
+    if a.skip_2d and a.skip_mnist:
+        p.error("--skip-2d and --skip-mnist leave nothing to measure: drop one")
+    if a.skip_2d:
+        if not a.out.exists():
+            p.error(f"--skip-2d replaces the MNIST part of an existing {a.out}, and there is none: run without --skip-2d")
+        result = json.loads(a.out.read_text())
+        result["mnist"] = report_mnist(a.per_class)
+        save_json(result, a.out)
+        print(json.dumps({"written": str(a.out), "replaced": "mnist"}))
+        return
     runs = two_d(a.seeds, a.points, progress=True)
     for name, run in runs.items():
         print(f"\n{name} ({run['schedule']} schedule, {run['predictor']}-prediction): median over {a.seeds} training seeds, "
@@ -120,11 +140,7 @@ def main() -> None:
               "date": datetime.date.today().isoformat(),
               "two_d": {"dataset": "swiss_roll", "seeds": a.seeds, "points": a.points, "runs": runs}}
     if not a.skip_mnist:
-        m = mnist(a.per_class, progress=True)
-        print(f"MNIST mnist-cfg, w = {m['w']}, {m['n']} samples; real vs real FID {m['real_vs_real_fid']:.2f}")
-        for r in m["rows"]:
-            print(f"{r['sampler']:12s} {r['nfe']:5d} FID {r['fid']:8.2f}  accuracy {r['accuracy']:.3f}  {r['seconds_per_image']:.3f} s/image")
-        result["mnist"] = m
+        result["mnist"] = report_mnist(a.per_class)
     save_json(result, a.out)
     print(json.dumps({"written": str(a.out)}))
 

@@ -26,7 +26,7 @@ class ClassifierConfig:
 
     channels: tuple[int, int] = (32, 64)  # conv widths of the two stages
     features: int = 128  # width of the penultimate layer (the FID/KID feature space)
-    epochs: int = 4  # passes over the training images
+    epochs: int = 20  # passes over the training images (MNIST offline: 0.988 held-out accuracy at 20, 0.985 at 12, 0.974 at 4)
     batch_size: int = 128  # images per step
     lr: float = 1e-3  # Adam learning rate
     seed: int = 0  # initial weights and batch order

@@ -17,15 +17,15 @@ from .train import RunConfig, TrainConfig
 from .unet import UNetConfig
 
 
-def _image_run(dataset: str, cond: str, model: UNetConfig, iterations: int, n_train: int) -> RunConfig:
+def _image_run(dataset: str, cond: str, model: UNetConfig, iterations: int, n_train: int, batch_size: int) -> RunConfig:
     """The training set-up shared by the image recipes: linear schedule (T = 1000,
-    β 1e-4 → 0.02, Ho et al.), batch 64, Adam 5e-4 with 200 warm-up steps, EMA 0.999,
-    label dropout 0.1 for classifier-free guidance."""
+    β 1e-4 → 0.02, Ho et al.), Adam 5e-4 with 200 warm-up steps, EMA 0.999, label dropout
+    0.1 for classifier-free guidance."""
     return RunConfig(
         dataset=dataset, cond=cond, model=model,
         schedule=ScheduleConfig(name="linear", T=1000, beta_1=1e-4, beta_T=0.02),
         train=TrainConfig(
-            iterations=iterations, batch_size=64, lr=5e-4, warmup=200, grad_clip=1.0, ema_decay=0.999,
+            iterations=iterations, batch_size=batch_size, lr=5e-4, warmup=200, grad_clip=1.0, ema_decay=0.999,
             predictor="eps", seed=0, n_train=n_train, checkpoint_every=500, label_dropout=0.1,
         ),
     )  # fmt: skip
@@ -34,11 +34,16 @@ def _image_run(dataset: str, cond: str, model: UNetConfig, iterations: int, n_tr
 def mnist_cfg() -> RunConfig:
     """Class-conditional MNIST UNet for classifier-free guidance (label dropout 0.1).
 
-    Sized for a 2-core CPU: base width 16 (0.28 M parameters), 6,000 steps (5.5 it/s alone).
+    Base width 16 (0.28 M parameters), batch 128, 18,500 steps: trained on one H200 (11 min,
+    sharing it with a batch-64 run of the same recipe), about 2 h on 2 CPU cores. Measured
+    against that batch-64 run at 19,000 steps (DDIM-50, 500 samples, mnist-classifier): class
+    accuracy 0.984 against 0.978 at w = 0.15, FID 40.5 against 40.1. The shipped model before
+    it, this recipe at batch 64 and 6,000 steps (2 CPU cores), scored 0.973 at its chosen
+    w = 0.5 by the 4-epoch classifier of that time (the checkpoint's notes keep its sweep).
     """
     mnist = dataset_spec("mnist")
     unet = UNetConfig(in_channels=mnist.shape[0], base_channels=16, channel_mults=(1, 2, 2), attn_levels=(2,), num_classes=mnist.num_classes)
-    return _image_run("mnist", "class", unet, iterations=6000, n_train=60000)
+    return _image_run("mnist", "class", unet, iterations=18500, n_train=60000, batch_size=128)
 
 
 def shapes_cfg() -> RunConfig:
@@ -50,7 +55,7 @@ def shapes_cfg() -> RunConfig:
     shipped checkpoint's notes)."""
     shapes = dataset_spec("shapes")
     unet = UNetConfig(in_channels=shapes.shape[0], base_channels=16, channel_mults=(1, 2, 2), attn_levels=(2,), num_labels=shapes.num_labels)
-    return _image_run("shapes", "multi", unet, iterations=15000, n_train=20000)
+    return _image_run("shapes", "multi", unet, iterations=15000, n_train=20000, batch_size=64)
 
 
 def swiss_roll() -> RunConfig:
@@ -115,6 +120,8 @@ def for_dataset(dataset: str, cond: str | None = None, image_size: int | None = 
     if spec.kind == "vector":
         return RunConfig(dataset=dataset, cond=cond, model=MLPConfig(dim=spec.shape[0], num_classes=classes))
     base = mnist_cfg()
+    # a new image set trains at the CPU-sized set-up (mnist-cfg's before its GPU run): 6,000 steps of batch 64
+    base = dataclasses.replace(base, train=dataclasses.replace(base.train, iterations=6000, batch_size=64))
     unet = dataclasses.replace(base.model, in_channels=spec.shape[0], num_classes=classes, num_labels=spec.num_labels if cond == "multi" else None)
     if spec.shape[-1] <= 8:  # two levels: 8 -> 4 pixels at the bottom
         unet = dataclasses.replace(unet, channel_mults=(1, 2), attn_levels=(1,))

@@ -263,6 +263,30 @@ def test_guidance_sweep_rows_have_every_metric():
         assert 0.0 <= r["accuracy"] <= 1.0
 
 
+def test_choose_guidance_is_the_most_accurate_w_near_the_best_fid():
+    """The property, over random sweeps: the chosen row's FID is within 10% of the best, no
+    row within 10% is more accurate, and among equally accurate ones it is the smallest w."""
+    from ddpmkit.experiments.images import choose_guidance
+
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        n = int(rng.integers(1, 9))
+        ws = sorted(rng.choice([0.0, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 4.0, 6.0], size=n, replace=False).tolist())
+        rows = [{"w": w, "fid": float(rng.uniform(10, 60)), "accuracy": float(rng.choice([0.9, 0.95, 0.98, 0.99, 1.0]))} for w in ws]
+        w = choose_guidance(rows)
+        chosen = next(r for r in rows if r["w"] == w)
+        best = min(r["fid"] for r in rows)
+        near = [r for r in rows if r["fid"] <= 1.1 * best]
+        assert chosen in near and chosen["accuracy"] == max(r["accuracy"] for r in near)
+        assert w == min(r["w"] for r in near if r["accuracy"] == chosen["accuracy"])
+    # a worked case: w = 1 is the most accurate, but its FID is 40% above the best (w = 0.2)
+    rows = [{"w": 0.0, "fid": 21.0, "accuracy": 0.95}, {"w": 0.2, "fid": 20.0, "accuracy": 0.97},
+            {"w": 0.3, "fid": 21.9, "accuracy": 0.98}, {"w": 1.0, "fid": 28.0, "accuracy": 1.0}]
+    assert choose_guidance(rows) == 0.3 and choose_guidance(rows, fid_slack=0.5) == 1.0
+    with pytest.raises(ValueError, match="at least one swept row"):
+        choose_guidance([])
+
+
 def test_shapes_evaluator_reads_the_labels():
     """The multi-label evaluator, trained briefly on generated shapes, reads held-out labels;
     and its accuracy function is checked against a hand count."""

@@ -122,12 +122,16 @@ def evaluator(name: str, size: BookSize | None = None, progress: bool = False):
     return clf, info
 
 
-def choose_guidance(rows: Sequence[dict], min_accuracy: float = 0.95) -> float:
-    """The smallest swept w whose class accuracy reaches ``min_accuracy`` (guidance trades
-    diversity for fidelity, so the least guidance that meets the bar keeps the most
-    diversity); the most accurate w if none does."""
-    ok = [r["w"] for r in rows if r["accuracy"] >= min_accuracy]
-    return min(ok) if ok else max(rows, key=lambda r: r["accuracy"])["w"]
+def choose_guidance(rows: Sequence[dict], fid_slack: float = 0.10) -> float:
+    """The guidance weight to ship: the most class-accurate swept w among those whose FID is
+    within ``fid_slack`` (10%) of the sweep's best FID (ties: the smaller w). Guidance trades
+    diversity for fidelity; FID sees both, so the bar keeps the diversity while accuracy
+    picks the fidelity."""
+    if not rows:
+        raise ValueError("choose_guidance needs at least one swept row with 'w', 'fid' and 'accuracy'")
+    best = min(r["fid"] for r in rows)
+    near_best = [r for r in rows if r["fid"] <= (1 + fid_slack) * best]
+    return max(near_best, key=lambda r: (r["accuracy"], -r["w"]))["w"]
 
 
 def steps_sweep(model, schedule, classifier, real: torch.Tensor, w: float, steps: Sequence[int], *,

@@ -26,7 +26,7 @@ class BookSize:
     # --- image chapters (smoke and quick load the shipped checkpoints; full retrains them)
     per_class: int = 30  # guided samples per class (MNIST) or per label set (shapes) in each sweep
     image_steps: int = 50  # sampler steps in the image sweeps (DDIM; SDE-DPM-Solver++ in the shapes sweep)
-    guidance_ws: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0)  # guidance weights swept (CS726 convention)
+    guidance_ws: tuple[float, ...] = (0.0, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0)  # guidance weights swept (CS726 convention; fine near 0: best FID)
     shapes_ws: tuple[float, ...] = (0.0, 2.0, 4.0, 6.0, 8.0)  # guidance weights of the shapes sweep (9 labels need more)
     image_ddim_steps: tuple[int, ...] = (5, 10, 20, 50, 100)  # DDIM step counts in the image-sampling chapter
     image_solver_steps: tuple[int, ...] = (5, 10, 20)  # DPM-Solver++(2M) step counts there
@@ -50,7 +50,7 @@ SIZES: dict[str, BookSize] = {
     "full": BookSize(
         iterations=20000, sweep_iterations=10000, T_values=(10, 25, 50, 100, 200, 500, 1000, 2000), schedule_T=200, n_eval=8192,
         ddim_steps=(5, 10, 20, 50, 100, 250, 1000), elbo_points=2048, T_main=1000,
-        per_class=100, guidance_ws=(0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0), image_ddim_steps=(5, 10, 20, 50, 100, 250),
+        per_class=100, guidance_ws=(0.0, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 4.0, 6.0), image_ddim_steps=(5, 10, 20, 50, 100, 250),
         ddpm_reference=500, n_real=1000, classify_n=1000, moons_iterations=10000, retrain=True,
     ),
 }  # fmt: skip
