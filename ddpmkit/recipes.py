@@ -35,7 +35,8 @@ def mnist_cfg() -> RunConfig:
     """Class-conditional MNIST UNet for classifier-free guidance (label dropout 0.1).
 
     Base width 16 (0.28 M parameters), batch 128, 18,500 steps: trained on one H200 (11 min,
-    sharing it with a batch-64 run of the same recipe), about 2 h on 2 CPU cores. Measured
+    sharing it with a batch-64 run of the same recipe); 128 min on 2 CPU cores (415 ms a step,
+    benchmarks/results/train_speed_cpu.json). Measured
     against that batch-64 run at 19,000 steps (DDIM-50, 500 samples, mnist-classifier): class
     accuracy 0.984 against 0.978 at w = 0.15, FID 40.5 against 40.1. The shipped model before
     it, this recipe at batch 64 and 6,000 steps (2 CPU cores), scored 0.973 at its chosen
