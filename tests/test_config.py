@@ -78,6 +78,15 @@ def test_an_override_is_applied_or_refused_by_name(start, key):
     assert (cfg.dataset, cfg.cond) == (base.dataset, base.cond)
 
 
+@pytest.mark.parametrize("dataset", ["mnist", "digits8x8", "shapes", "folder"])
+def test_a_new_image_run_starts_at_the_cpu_sized_set_up(dataset):
+    """The image recipes are trained longer, on bigger batches, on a GPU; a run started from
+    a data set alone keeps the laptop's 6,000 steps of batch 64, whatever set it is."""
+    cfg = for_dataset(png_folder(), image_size=16) if dataset == "folder" else for_dataset(dataset)
+    assert (cfg.train.iterations, cfg.train.batch_size) == (6000, 64)
+    assert get_recipe("mnist-cfg").train.batch_size == 128  # while the recipe itself keeps its own
+
+
 def test_the_refusals_say_why():
     mnist = for_dataset("mnist")
     with pytest.raises(ValueError, match="--hidden configure the vector MLPs, but mnist trains a UNet"):

@@ -1,5 +1,6 @@
 """The checkpoints that ship in ddpmkit/checkpoints: present, small, safe to load, honest metadata."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -40,6 +41,8 @@ def test_shipped_checkpoint_loads_with_its_metadata(name):
         # produced by the recipe the README names: same network, schedule and training config
         recipe = get_recipe(name)
         assert cfg.model == recipe.model and cfg.schedule == recipe.schedule
+        # the whole training config too (batch, lr, EMA, ...), but for the device it ran on
+        assert cfg.train == dataclasses.replace(recipe.train, device=cfg.train.device), name
         assert meta["steps"] == recipe.train.iterations
         assert info["guidance_w"] >= 0 and len(info["loss_curve"]["loss"]) == meta["steps"] // 50
         assert not model.training
