@@ -24,6 +24,20 @@ EXAMPLES = """examples:
 """
 
 
+def _interval(s: str) -> tuple[int, int] | None:
+    """``--guidance-interval``: ``LO:HI`` (timesteps, both included) or ``all`` (every step: None)."""
+    if s.strip().lower() == "all":
+        return None
+    lo, sep, hi = s.partition(":")
+    try:
+        v = (int(lo), int(hi)) if sep else None
+    except ValueError:
+        v = None
+    if v is None or not 0 <= v[0] <= v[1]:
+        raise argparse.ArgumentTypeError(f"expected LO:HI, two timesteps with 0 <= LO <= HI (e.g. 0:600), or 'all' for every step; got {s!r}")
+    return v
+
+
 def _positive_int(s: str) -> int:
     try:
         v = int(s)
@@ -141,6 +155,9 @@ def _add_sample(sub) -> None:
                         "default: all classes in turn")
     s.add_argument("--guidance", type=float, default=None,
                    help="classifier-free guidance weight w, eps = (1+w) eps_c - w eps_u (default: the checkpoint's chosen w, else 0)")
+    s.add_argument("--guidance-interval", type=_interval, default=False, metavar="LO:HI",
+                   help="guide only the timesteps LO <= t <= HI, plain conditional elsewhere (Kynkaanniemi et al. 2024); "
+                        "'all' guides every step (default: the checkpoint's chosen interval, else all)")
     s.add_argument("--n", type=_positive_int, default=2048, help="number of samples")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", type=Path, required=True, help=".npy file for the (n, dim) or (n, C, H, W) samples; .png writes an image grid")
@@ -163,6 +180,8 @@ def _add_data_commands(sub) -> None:
     x.add_argument("run", type=Path, help="run folder written by ddpmkit train")
     x.add_argument("--name", required=True, help="checkpoint name, e.g. mnist-cfg")
     x.add_argument("--guidance", type=float, default=None, help="the guidance weight w that sampling uses by default")
+    x.add_argument("--guidance-interval", type=_interval, default=None, metavar="LO:HI",
+                   help="the timesteps that sampling guides by default (with --guidance; default: every step)")
     x.add_argument("--note", action="append", default=[], help="KEY=VALUE facts to record (e.g. measured accuracy); repeatable")
 
     d = sub.add_parser("data", help="draw points from a data set")
@@ -344,6 +363,10 @@ def _export(a) -> int:
     extra: dict = {}
     if a.guidance is not None:
         extra["guidance_w"] = a.guidance
+    if a.guidance_interval is not None:
+        if a.guidance is None:
+            raise ValueError("--guidance-interval needs --guidance, the weight to apply inside the interval")
+        extra["guidance_interval"] = list(a.guidance_interval)
     for kv in a.note:
         k, sep, v = kv.partition("=")
         if not sep:
@@ -409,6 +432,7 @@ def _sample(a) -> int:
 
     from .checkpoint import save_npy
     from .guidance import CFGModel
+    from .pretrained import default_guidance
     from .samplers import sample, sampler_options
 
     model, sched, cfg, info = _load_for_sampling(a)
@@ -425,9 +449,18 @@ def _sample(a) -> int:
             raise ValueError(f"--prior must have shape (n, {', '.join(map(str, shape[1:]))}), got {x_T.shape}")
     y = _labels(a, cfg, a.n if x_T is None else len(x_T))
     if y is not None:
-        model = CFGModel(model, y, a.guidance if a.guidance is not None else float(info.get("guidance_w", 0.0)))
-    elif a.guidance is not None:
-        raise ValueError("--guidance needs a conditional model (trained with --cond class or multi)")
+        guidance = default_guidance(info)  # the checkpoint's chosen w and interval, else w = 0 on every step
+        if a.guidance is not None:
+            guidance["w"] = a.guidance
+        if a.guidance_interval is not False:  # given: LO:HI, or None for 'all'
+            guidance["interval"] = a.guidance_interval
+        if guidance["interval"] is not None and guidance["interval"][1] >= sched.T:
+            raise ValueError(f"--guidance-interval {guidance['interval'][0]}:{guidance['interval'][1]} reaches past this model's "
+                             f"last timestep, {sched.T - 1}; use HI <= {sched.T - 1}")  # fmt: skip
+        model = CFGModel(model, y, **guidance)
+    elif a.guidance is not None or a.guidance_interval is not False:
+        flag = "--guidance" if a.guidance is not None else "--guidance-interval"
+        raise ValueError(f"{flag} needs a conditional model (trained with --cond class or multi)")
     gen = torch.Generator().manual_seed(a.seed)
     options = {k: getattr(a, k) for k in sampler_options() if getattr(a, k) is not None}
     out = sample(a.sampler, model, sched, shape, x_T=x_T, predictor=cfg.train.predictor, generator=gen,

@@ -53,6 +53,14 @@ def export_run(run_dir: str | Path, name: str, extra: dict | None = None, out_di
     return out_dir / f"{name}.safetensors"
 
 
+def default_guidance(info: dict, w: float = 0.0) -> dict:
+    """The guidance a checkpoint samples with by default, as keyword arguments of
+    :class:`~ddpmkit.guidance.CFGModel` and ``guided_samples``: ``{"w": its "guidance_w"
+    (else ``w``), "interval": its "guidance_interval" as (lo, hi) (else None: every step)}``."""
+    interval = info.get("guidance_interval")
+    return {"w": float(info.get("guidance_w", w)), "interval": None if interval is None else (int(interval[0]), int(interval[1]))}
+
+
 def loss_curve(losses: list[float], window: int = 50) -> dict:
     """The training curve, kept small: the mean loss of each ``window`` consecutive steps.
     Returns ``{"step": [...], "loss": [...]}`` (step = the last step of each window)."""

@@ -210,6 +210,55 @@ def test_training_free_classifier_recovers_the_oracle_label():
     assert torch.allclose(err[torch.arange(6), truth], torch.zeros(6), atol=1e-8)
 
 
+def test_cli_guidance_interval_from_the_checkpoint_and_from_the_flag(tmp_path, monkeypatch, capsys):
+    """A checkpoint exported with --guidance-interval samples with it by default (equal to
+    CFGModel with that interval, bit for bit); --guidance-interval all and LO:HI override it;
+    bad intervals are clear errors (exit 2)."""
+    import numpy as np
+
+    from ddpmkit import pretrained
+    from ddpmkit.cli import main
+    from ddpmkit.guidance import CFGModel
+    from ddpmkit.samplers import sample
+
+    ckpt = tmp_path / "ckpt"
+    monkeypatch.setattr(pretrained, "CHECKPOINT_DIR", ckpt)
+    monkeypatch.setattr(pretrained.export_run, "__defaults__", (None, ckpt))
+    monkeypatch.setattr(pretrained.read_info, "__defaults__", (ckpt,))
+    monkeypatch.setattr(pretrained.load_pretrained, "__defaults__", ("cpu", ckpt))
+    Trainer(digits_config(3), tmp_path / "run").train(progress=False)
+    assert main(["export", str(tmp_path / "run"), "--name", "tiny", "--guidance", "2", "--guidance-interval", "0:20"]) == 0
+    info = pretrained.read_info("tiny")
+    assert info["guidance_interval"] == [0, 20] and pretrained.default_guidance(info) == {"w": 2.0, "interval": (0, 20)}
+    model, sched, _ = pretrained.load_pretrained("tiny")
+    y = torch.arange(6) % 10
+
+    def cli(*flags):
+        out = tmp_path / "s.npy"
+        assert main(["sample", "tiny", "--n", "6", "--sampler", "ddim", "--steps", "4", "--out", str(out), "--no-progress", *flags]) == 0
+        return torch.from_numpy(np.load(out))
+
+    def direct(w, interval):
+        x = sample("ddim", CFGModel(model, y, w, interval), sched, (6, 1, 8, 8), steps=4, clip_x0=(-1.0, 1.0),
+                   generator=torch.Generator().manual_seed(0)).x  # fmt: skip
+        return ((x.clamp(-1, 1) + 1) / 2).float()
+
+    assert torch.equal(cli(), direct(2.0, (0, 20)))
+    assert torch.equal(cli("--guidance-interval", "all"), direct(2.0, None))
+    assert torch.equal(cli("--guidance-interval", "10:40", "--guidance", "1"), direct(1.0, (10, 40)))
+    assert not torch.equal(direct(2.0, (0, 20)), direct(2.0, None))  # the interval changes the draw
+    capsys.readouterr()
+    for bad in ["20:10", "0-600", "-1:5", "a:b", "3"]:  # refused by the parser: usage error, exit 2
+        with pytest.raises(SystemExit) as e:
+            main(["sample", "tiny", "--n", "2", "--out", str(tmp_path / "x.npy"), f"--guidance-interval={bad}"])
+        assert e.value.code == 2 and "expected LO:HI, two timesteps with 0 <= LO <= HI" in capsys.readouterr().err
+    assert main(["sample", "tiny", "--n", "2", "--out", str(tmp_path / "x.npy"), "--no-progress", "--guidance-interval", "0:50"]) == 2
+    assert "reaches past this model's last timestep, 49; use HI <= 49" in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "run"), "--name", "y", "--guidance-interval", "0:20"]) == 2
+    assert "--guidance-interval needs --guidance" in capsys.readouterr().err
+    assert not (ckpt / "y.json").exists()
+
+
 def test_cli_export_and_classifier_recipe(tmp_path, monkeypatch, capsys):
     from ddpmkit import images, pretrained
     from ddpmkit.cli import main
@@ -263,26 +312,34 @@ def test_guidance_sweep_rows_have_every_metric():
         assert 0.0 <= r["accuracy"] <= 1.0
 
 
-def test_choose_guidance_is_the_most_accurate_w_near_the_best_fid():
-    """The property, over random sweeps: the chosen row's FID is within 10% of the best, no
-    row within 10% is more accurate, and among equally accurate ones it is the smallest w."""
+def test_choose_guidance_is_the_most_accurate_setting_near_the_best_fid():
+    """The property, over random sweeps that mix guidance on every step with guidance on an
+    interval: the chosen row's FID is within 10% of the best of all rows, no row within 10% is
+    more accurate, and among equally accurate ones it has the smallest w, then no interval."""
     from ddpmkit.experiments.images import choose_guidance
 
     rng = np.random.default_rng(0)
     for _ in range(300):
         n = int(rng.integers(1, 9))
         ws = sorted(rng.choice([0.0, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 4.0, 6.0], size=n, replace=False).tolist())
-        rows = [{"w": w, "fid": float(rng.uniform(10, 60)), "accuracy": float(rng.choice([0.9, 0.95, 0.98, 0.99, 1.0]))} for w in ws]
-        w = choose_guidance(rows)
-        chosen = next(r for r in rows if r["w"] == w)
+        rows = [{"w": w, "interval": [None, (0, 600)][int(rng.integers(0, 2))], "fid": float(rng.uniform(10, 60)),
+                 "accuracy": float(rng.choice([0.9, 0.95, 0.98, 0.99, 1.0]))} for w in ws for _ in range(int(rng.integers(1, 3)))]  # fmt: skip
+        chosen = choose_guidance(rows)
         best = min(r["fid"] for r in rows)
         near = [r for r in rows if r["fid"] <= 1.1 * best]
         assert chosen in near and chosen["accuracy"] == max(r["accuracy"] for r in near)
-        assert w == min(r["w"] for r in near if r["accuracy"] == chosen["accuracy"])
-    # a worked case: w = 1 is the most accurate, but its FID is 40% above the best (w = 0.2)
+        ties = [r for r in near if r["accuracy"] == chosen["accuracy"]]
+        assert chosen["w"] == min(r["w"] for r in ties)
+        if any(r["interval"] is None for r in ties if r["w"] == chosen["w"]):
+            assert chosen["interval"] is None
+    # a worked case: w = 1 is the most accurate, but its FID is 40% above the best (w = 0.2);
+    # rows without an "interval" key are guidance on every step
     rows = [{"w": 0.0, "fid": 21.0, "accuracy": 0.95}, {"w": 0.2, "fid": 20.0, "accuracy": 0.97},
             {"w": 0.3, "fid": 21.9, "accuracy": 0.98}, {"w": 1.0, "fid": 28.0, "accuracy": 1.0}]
-    assert choose_guidance(rows) == 0.3 and choose_guidance(rows, fid_slack=0.5) == 1.0
+    assert choose_guidance(rows)["w"] == 0.3 and choose_guidance(rows, fid_slack=0.5)["w"] == 1.0
+    # guidance on an interval wins when it is more accurate near the best FID
+    rows.append({"w": 0.4, "interval": (0, 600), "fid": 20.5, "accuracy": 0.99})
+    assert choose_guidance(rows) == rows[-1]
     with pytest.raises(ValueError, match="at least one swept row"):
         choose_guidance([])
 

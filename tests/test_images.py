@@ -90,6 +90,46 @@ def test_guidance_identities():
         CFGModel(net, y, -1.0)
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_guidance_interval_guides_exactly_the_timesteps_inside_it(seed):
+    """Per sample, an interval (lo, hi) gives the guided output at lo <= t <= hi and the plain
+    conditional one elsewhere, for batches of shared and of mixed timesteps."""
+    g = torch.Generator().manual_seed(seed)
+    net = UNet(small(num_classes=10)).eval()
+    x, y = torch.randn(6, 1, 8, 8, generator=g), torch.randint(0, 10, (6,), generator=g)
+    lo = int(torch.randint(0, 60, (1,), generator=g))
+    hi = lo + int(torch.randint(0, 40, (1,), generator=g))
+    w = float(torch.rand(1, generator=g)) * 3
+    with torch.no_grad():
+        inner = CFGModel(net, y, w, interval=(lo, hi))
+        for t in [torch.tensor([lo]), torch.tensor([hi]), torch.tensor([max(lo - 1, 0)]), torch.tensor([hi + 1])]:  # (1,): shared
+            want = CFGModel(net, y, w if lo <= int(t) <= hi else 0.0)(x, t)
+            assert torch.equal(inner(x, t), want)
+        t = torch.tensor([lo, hi, hi + 1, max(lo - 1, 0), (lo + hi) // 2, 99])  # (6,): mixed
+        guided, plain = CFGModel(net, y, w)(x, t), CFGModel(net, y, 0.0)(x, t)
+        inside = ((t >= lo) & (t <= hi)).view(-1, 1, 1, 1)
+        assert torch.allclose(inner(x, t), torch.where(inside, guided, plain), atol=1e-5)
+
+
+def test_guidance_interval_covering_every_step_is_ordinary_guidance_and_one_covering_none_is_w_0():
+    net, sched = UNet(small(num_classes=10)).eval(), NoiseSchedule.create("cosine", 100)
+    y = torch.arange(4)
+
+    def draw(**kw):
+        return ddim_sample(CFGModel(net, y, 2.0, **kw), sched, (4, 1, 8, 8), steps=5, generator=torch.Generator().manual_seed(0)).x
+
+    ordinary, plain = draw(), ddim_sample(CFGModel(net, y, 0.0), sched, (4, 1, 8, 8), steps=5, generator=torch.Generator().manual_seed(0)).x
+    assert torch.equal(draw(interval=(0, 99)), ordinary) and torch.equal(draw(interval=(0, 10**6)), ordinary)
+    assert torch.equal(draw(interval=(100, 200)), plain)  # DDIM's 5 steps all lie below t = 100
+    assert not torch.equal(draw(interval=(0, 40)), ordinary) and not torch.equal(draw(interval=(0, 40)), plain)
+
+
+@pytest.mark.parametrize("interval", [(5, 4), (-1, 3), (0.5, 3), (1, 2, 3), (2,)])
+def test_bad_guidance_intervals_are_clear_errors(interval):
+    with pytest.raises(ValueError, match="guidance interval must be two whole timesteps"):
+        CFGModel(UNet(small(num_classes=10)), torch.arange(2), 1.0, interval=interval)
+
+
 def test_guided_ddim_sampling_runs_on_images():
     torch.manual_seed(0)
     net = UNet(small(num_classes=10)).eval()

@@ -23,16 +23,17 @@ from .sizes import BookSize, book_size
 @torch.no_grad()
 def guided_samples(
     model, schedule, labels: torch.Tensor, w: float, *, image_size: int = 28, steps: int = 50, seed: int = 0, batch: int = 250,
-    sampler: str = "ddim",
+    sampler: str = "ddim", interval: tuple[int, int] | None = None,
 ) -> torch.Tensor:
-    """Class-conditional images in [-1, 1] guided with weight ``w``, x0 clipped, by a registered
-    few-step ``sampler`` (DDIM with η = 0 by default, or ``dpm-solver``) over ``steps`` steps."""
+    """Class-conditional images in [-1, 1] guided with weight ``w`` (on the timesteps of
+    ``interval`` only, when given: :class:`~ddpmkit.guidance.CFGModel`), x0 clipped, by a
+    registered few-step ``sampler`` (DDIM with η = 0 by default, or ``dpm-solver``) over ``steps`` steps."""
     out = []
     gen = torch.Generator().manual_seed(seed)
     for i in range(0, len(labels), batch):
         y = labels[i : i + batch]
         shape = (len(y), model.config.in_channels, image_size, image_size)
-        out.append(sample(sampler, CFGModel(model, y, w), schedule, shape, steps=steps, clip_x0=(-1.0, 1.0), generator=gen).x)
+        out.append(sample(sampler, CFGModel(model, y, w, interval), schedule, shape, steps=steps, clip_x0=(-1.0, 1.0), generator=gen).x)
     return torch.cat(out)
 
 
@@ -50,22 +51,24 @@ def within_class_diversity(classifier, images: torch.Tensor, labels: torch.Tenso
     return float(torch.stack(vals).mean())
 
 
-def _timed_guided_samples(model, schedule, labels, w, real, steps, seed, sampler: str = "ddim") -> tuple[torch.Tensor, float]:
+def _timed_guided_samples(model, schedule, labels, w, real, steps, seed, sampler: str = "ddim", interval=None) -> tuple[torch.Tensor, float]:
     """Guided samples (DDIM, or another few-step ``sampler``) sized like ``real``, and the seconds they took."""
     t0 = time.perf_counter()
-    x = guided_samples(model, schedule, labels, w, image_size=real.shape[-1], steps=steps, seed=seed, sampler=sampler)
+    x = guided_samples(model, schedule, labels, w, image_size=real.shape[-1], steps=steps, seed=seed, sampler=sampler, interval=interval)
     return x, time.perf_counter() - t0
 
 
-def guidance_sweep(model, schedule, classifier, real: torch.Tensor, ws, *, per_class: int = 20, steps: int = 50, seed: int = 0) -> list[dict]:
+def guidance_sweep(model, schedule, classifier, real: torch.Tensor, ws, *, per_class: int = 20, steps: int = 50, seed: int = 0,
+                   interval: tuple[int, int] | None = None) -> list[dict]:  # fmt: skip
     """Class accuracy (by ``classifier``), feature-space FID/KID against ``real`` and within-class
-    diversity of guided samples, for each guidance weight in ``ws``. The samples take the
+    diversity of guided samples, for each guidance weight in ``ws``, guiding every step or the
+    timesteps of ``interval`` only (each row records its ``"interval"``). The samples take the
     size of the real images they are compared with."""
     labels = torch.arange(model.config.num_classes).repeat_interleave(per_class)  # every class in turn
     rows = []
     for w in ws:
-        x, secs = _timed_guided_samples(model, schedule, labels, w, real, steps, seed)
-        rows.append({"w": float(w), **score_class_samples(classifier, real, x, labels),
+        x, secs = _timed_guided_samples(model, schedule, labels, w, real, steps, seed, interval=interval)
+        rows.append({"w": float(w), "interval": interval, **score_class_samples(classifier, real, x, labels),
                      "diversity": within_class_diversity(classifier, x, labels), "seconds": secs, "samples": x})  # fmt: skip
     return rows
 
@@ -122,16 +125,18 @@ def evaluator(name: str, size: BookSize | None = None, progress: bool = False):
     return clf, info
 
 
-def choose_guidance(rows: Sequence[dict], fid_slack: float = 0.10) -> float:
-    """The guidance weight to ship: the most class-accurate swept w among those whose FID is
-    within ``fid_slack`` (10%) of the sweep's best FID (ties: the smaller w). Guidance trades
-    diversity for fidelity; FID sees both, so the bar keeps the diversity while accuracy
-    picks the fidelity."""
+def choose_guidance(rows: Sequence[dict], fid_slack: float = 0.10) -> dict:
+    """The guidance setting to ship, as its row: the most class-accurate swept row among those
+    whose FID is within ``fid_slack`` (10%) of the best FID of all rows (ties: the smaller w,
+    then guidance on every step over an interval). Rows may mix ordinary guidance with
+    guidance on an interval (a row's ``"interval"``, absent or None for every step).
+    Guidance trades diversity for fidelity; FID sees both, so the bar keeps the diversity
+    while accuracy picks the fidelity."""
     if not rows:
         raise ValueError("choose_guidance needs at least one swept row with 'w', 'fid' and 'accuracy'")
     best = min(r["fid"] for r in rows)
     near_best = [r for r in rows if r["fid"] <= (1 + fid_slack) * best]
-    return max(near_best, key=lambda r: (r["accuracy"], -r["w"]))["w"]
+    return max(near_best, key=lambda r: (r["accuracy"], -r["w"], r.get("interval") is None))
 
 
 def steps_sweep(model, schedule, classifier, real: torch.Tensor, w: float, steps: Sequence[int], *,
