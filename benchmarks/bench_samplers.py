@@ -11,8 +11,8 @@ Two parts, both written to benchmarks/results/samplers_cpu.json (the sampling ch
    Targets (issue 12): a few-step solver with Chamfer < 15 at <= 20 NFE (DPM-Solver++(2M) for
    the ODE, SDE-DPM-Solver++(2M) for the reverse SDE, each at its default spacing: trailing
    and quadratic); Chamfer <= 8 with under 20 s of training.
-2. MNIST: the shipped mnist-cfg model with its guidance weight (classifier-free guidance:
-   2 network calls per step, NFE counts steps), ``--per-class`` samples per digit with each
+2. MNIST: the shipped mnist-cfg model with its default guidance (its weight, on the timesteps
+   of its interval: a guided step is one network call on a doubled batch, and NFE counts steps), ``--per-class`` samples per digit with each
    sampler, feature FID in the course classifier's space against held-out digits, beside
    the FID of as many other real held-out digits (the real-vs-real baseline; 500 and 500,
    since only the 1,000 held-out test digits are on disk). Target: DPM-Solver at 10 steps
@@ -79,7 +79,7 @@ def mnist(per_class: int, progress: bool) -> dict:
     from ddpmkit.classifier import feature_fid_kid
     from ddpmkit.experiments.images import guided_samples, score_class_samples
     from ddpmkit.images import load_mnist
-    from ddpmkit.pretrained import load_pretrained
+    from ddpmkit.pretrained import default_guidance, load_pretrained
 
     model, schedule, info = load_pretrained("mnist-cfg")
     clf, _, _ = load_pretrained("mnist-classifier")
@@ -88,23 +88,24 @@ def mnist(per_class: int, progress: bool) -> dict:
     if 2 * n > len(held):
         raise ValueError(f"{n} samples need {2 * n} held-out digits (two disjoint sets of {n}); there are {len(held)}: lower --per-class")
     real, other = held[:n], held[n : 2 * n]  # two disjoint sets of held-out digits: the reference, and the baseline
-    w = float(info["guidance_w"])
+    guidance = default_guidance(info)  # the checkpoint's chosen w, and the timesteps it guides (None: all)
     labels = torch.arange(10).repeat_interleave(per_class)
     rows = []
     for sampler, steps in tqdm(GRID_MNIST, desc="MNIST samplers", disable=not progress):
         t0 = time.perf_counter()
-        x = guided_samples(model, schedule, labels, w, steps=steps, sampler=sampler)
+        x = guided_samples(model, schedule, labels, **guidance, steps=steps, sampler=sampler)
         secs = time.perf_counter() - t0
         s = score_class_samples(clf, real, x, labels)
         rows.append({"sampler": sampler, "nfe": steps, "fid": s["fid"], "accuracy": s["accuracy"], "seconds_per_image": secs / n})
     baseline = feature_fid_kid(clf, real, other, kid_subset=min(100, n))["fid"]  # real against real, the same n
-    return {"w": w, "n": n, "real_vs_real_fid": baseline, "rows": rows, "checkpoint_steps": info["metadata"]["steps"],
+    return {"w": guidance["w"], "interval": guidance["interval"], "n": n, "real_vs_real_fid": baseline, "rows": rows,
+            "checkpoint_steps": info["metadata"]["steps"],
             "machine": hardware(), "torch": torch.__version__, "threads": torch.get_num_threads(), "date": datetime.date.today().isoformat()}
 
 
 def report_mnist(per_class: int) -> dict:
     m = mnist(per_class, progress=True)
-    print(f"MNIST mnist-cfg, w = {m['w']}, {m['n']} samples; real vs real FID {m['real_vs_real_fid']:.2f}")
+    print(f"MNIST mnist-cfg, w = {m['w']}, guided t: {m['interval'] or 'all'}, {m['n']} samples; real vs real FID {m['real_vs_real_fid']:.2f}")
     for r in m["rows"]:
         print(f"{r['sampler']:12s} {r['nfe']:5d} FID {r['fid']:8.2f}  accuracy {r['accuracy']:.3f}  {r['seconds_per_image']:.3f} s/image")
     return m

@@ -125,6 +125,11 @@ def evaluator(name: str, size: BookSize | None = None, progress: bool = False):
     return clf, info
 
 
+def guidance_label(w: float, interval: tuple[int, int] | None = None) -> str:
+    """How the book prints a guidance setting: ``"w = 0.25"`` or ``"w = 0.25 at t in [0, 600]"``."""
+    return f"w = {w:g}" + ("" if interval is None else f" at t in [{interval[0]}, {interval[1]}]")
+
+
 def choose_guidance(rows: Sequence[dict], fid_slack: float = 0.10) -> dict:
     """The guidance setting to ship, as its row: the most class-accurate swept row among those
     whose FID is within ``fid_slack`` (10%) of the best FID of all rows (ties: the smaller w,
@@ -140,22 +145,24 @@ def choose_guidance(rows: Sequence[dict], fid_slack: float = 0.10) -> dict:
 
 
 def steps_sweep(model, schedule, classifier, real: torch.Tensor, w: float, steps: Sequence[int], *,
-                per_class: int, ddpm_n: int = 0, solver_steps: Sequence[int] = (), seed: int = 0) -> list[dict]:  # fmt: skip
-    """Guided MNIST samples by DDIM (η = 0) at each step count, by DPM-Solver++(2M) at each of
-    ``solver_steps``, and by 1,000-step ancestral DDPM on ``ddpm_n`` images as the reference:
-    class accuracy, feature FID/KID and seconds. The few-step rows share labels, seeds and size."""
+                per_class: int, ddpm_n: int = 0, solver_steps: Sequence[int] = (), seed: int = 0,
+                interval: tuple[int, int] | None = None) -> list[dict]:  # fmt: skip
+    """Guided MNIST samples (weight ``w``, on the timesteps of ``interval`` only when given) by
+    DDIM (η = 0) at each step count, by DPM-Solver++(2M) at each of ``solver_steps``, and by
+    1,000-step ancestral DDPM on ``ddpm_n`` images as the reference: class accuracy, feature
+    FID/KID and seconds. The few-step rows share labels, seeds and size."""
     labels = torch.arange(model.config.num_classes).repeat_interleave(per_class)  # every class in turn
     rows = []
     for name, sampler, counts in [("DDIM", "ddim", steps), ("DPM-Solver++", "dpm-solver", solver_steps)]:
         for S in counts:
-            x, secs = _timed_guided_samples(model, schedule, labels, w, real, S, seed, sampler)
+            x, secs = _timed_guided_samples(model, schedule, labels, w, real, S, seed, sampler, interval)
             rows.append({"sampler": name, "steps": S, **score_class_samples(classifier, real, x, labels),
                          "seconds_per_image": secs / len(x), "samples": x})  # fmt: skip
     if ddpm_n:
         y = torch.arange(ddpm_n) % model.config.num_classes
         t0 = time.perf_counter()
         shape = (ddpm_n, model.config.in_channels, real.shape[-1], real.shape[-1])
-        x = ddpm_sample(CFGModel(model, y, w), schedule, shape, clip_x0=(-1.0, 1.0), generator=torch.Generator().manual_seed(seed)).x
+        x = ddpm_sample(CFGModel(model, y, w, interval), schedule, shape, clip_x0=(-1.0, 1.0), generator=torch.Generator().manual_seed(seed)).x
         secs = time.perf_counter() - t0
         rows.append({"sampler": "DDPM", "steps": schedule.T, **score_class_samples(classifier, real, x, y),
                      "seconds_per_image": secs / ddpm_n, "samples": x})  # fmt: skip

@@ -27,6 +27,8 @@ class BookSize:
     per_class: int = 30  # guided samples per class (MNIST) or per label set (shapes) in each sweep
     image_steps: int = 50  # sampler steps in the image sweeps (DDIM; SDE-DPM-Solver++ in the shapes sweep)
     guidance_ws: tuple[float, ...] = (0.0, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0)  # guidance weights swept (CS726 convention; fine near 0: best FID)
+    interval_ws: tuple[float, ...] = (0.2, 0.25, 0.3, 0.4)  # guidance weights swept on guidance_interval only
+    guidance_interval: tuple[int, int] = (0, 600)  # timesteps guided in that sweep: all but the highest noise levels (T = 1,000)
     shapes_ws: tuple[float, ...] = (0.0, 2.0, 4.0, 6.0, 8.0)  # guidance weights of the shapes sweep (9 labels need more)
     image_ddim_steps: tuple[int, ...] = (5, 10, 20, 50, 100)  # DDIM step counts in the image-sampling chapter
     image_solver_steps: tuple[int, ...] = (5, 10, 20)  # DPM-Solver++(2M) step counts there
@@ -40,7 +42,8 @@ class BookSize:
 SIZES: dict[str, BookSize] = {
     "smoke": BookSize(
         iterations=300, sweep_iterations=150, T_values=(10, 50), schedule_T=50, n_eval=256, ddim_steps=(5, 20), elbo_points=32,
-        T_main=100, per_class=2, image_steps=5, guidance_ws=(0.0, 2.0), shapes_ws=(0.0, 6.0), image_ddim_steps=(2, 5), image_solver_steps=(2, 5),
+        T_main=100, per_class=2, image_steps=5, guidance_ws=(0.0, 2.0), interval_ws=(2.0,), shapes_ws=(0.0, 6.0),
+        image_ddim_steps=(2, 5), image_solver_steps=(2, 5),
         ddpm_reference=0, n_real=100, classify_n=10, moons_iterations=300,
     ),
     "quick": BookSize(
