@@ -358,6 +358,7 @@ def _train_classifier(a, overrides: dict) -> int:
 
 
 def _export(a) -> int:
+    from .common import CONFIG_FILE
     from .pretrained import export_run
 
     extra: dict = {}
@@ -366,6 +367,11 @@ def _export(a) -> int:
     if a.guidance_interval is not None:
         if a.guidance is None:
             raise ValueError("--guidance-interval needs --guidance, the weight to apply inside the interval")
+        config = a.run / CONFIG_FILE
+        T = json.loads(config.read_text())["schedule"]["T"] if config.is_file() else None  # a missing run: export_run says so
+        if T is not None and a.guidance_interval[1] >= T:
+            raise ValueError(f"--guidance-interval {a.guidance_interval[0]}:{a.guidance_interval[1]} reaches past the run's last timestep, "
+                             f"{T - 1}; use HI <= {T - 1}")  # fmt: skip
         extra["guidance_interval"] = list(a.guidance_interval)
     for kv in a.note:
         k, sep, v = kv.partition("=")

@@ -256,6 +256,8 @@ def test_cli_guidance_interval_from_the_checkpoint_and_from_the_flag(tmp_path, m
     assert "reaches past this model's last timestep, 49; use HI <= 49" in capsys.readouterr().err
     assert main(["export", str(tmp_path / "run"), "--name", "y", "--guidance-interval", "0:20"]) == 2
     assert "--guidance-interval needs --guidance" in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "run"), "--name", "y", "--guidance", "1", "--guidance-interval", "10:50"]) == 2
+    assert "reaches past the run's last timestep, 49; use HI <= 49" in capsys.readouterr().err
     assert not (ckpt / "y.json").exists()
 
 
