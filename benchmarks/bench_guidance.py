@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from ddpmkit.checkpoint import save_json
 from ddpmkit.common import hardware
 from ddpmkit.experiments.images import choose_guidance, guidance_label, guided_samples, score_class_samples
+from ddpmkit.guidance import parse_interval
 from ddpmkit.images import load_mnist
 from ddpmkit.pretrained import load_pretrained
 
@@ -38,14 +39,13 @@ BAR_ACCURACY, FID_SLACK = 0.98, 0.10  # issue 12's bar
 
 
 def parse_spec(spec: str) -> tuple[float, tuple[int, int] | None]:
-    """``"0.25"`` → (0.25, None); ``"0.25:0:600"`` → (0.25, (0, 600))."""
-    parts = spec.split(":")
+    """``"0.25"`` → (0.25, None); ``"0.25:0:600"`` → (0.25, (0, 600)) (the interval read by
+    :func:`ddpmkit.guidance.parse_interval`)."""
+    w, sep, rest = spec.partition(":")
     try:
-        if len(parts) in (1, 3):
-            return float(parts[0]), None if len(parts) == 1 else (int(parts[1]), int(parts[2]))
-    except ValueError:
-        pass
-    raise argparse.ArgumentTypeError(f"a spec is W or W:LO:HI (e.g. 0.2 or 0.25:0:600), got {spec!r}")
+        return float(w), parse_interval(rest) if sep else None
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"a spec is W or W:LO:HI (e.g. 0.2 or 0.25:0:600), got {spec!r}: {e}") from None
 
 
 def checked_spec(spec: str) -> str:

@@ -25,17 +25,13 @@ EXAMPLES = """examples:
 
 
 def _interval(s: str) -> tuple[int, int] | None:
-    """``--guidance-interval``: ``LO:HI`` (timesteps, both included) or ``all`` (every step: None)."""
-    if s.strip().lower() == "all":
-        return None
-    lo, sep, hi = s.partition(":")
+    """``--guidance-interval``: ``LO:HI`` or ``all`` (:func:`ddpmkit.guidance.parse_interval`)."""
+    from .guidance import parse_interval
+
     try:
-        v = (int(lo), int(hi)) if sep else None
-    except ValueError:
-        v = None
-    if v is None or not 0 <= v[0] <= v[1]:
-        raise argparse.ArgumentTypeError(f"expected LO:HI, two timesteps with 0 <= LO <= HI (e.g. 0:600), or 'all' for every step; got {s!r}")
-    return v
+        return parse_interval(s)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _positive_int(s: str) -> int:

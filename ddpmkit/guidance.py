@@ -45,6 +45,22 @@ def null_condition(model: nn.Module, y: torch.Tensor) -> torch.Tensor:
     return torch.zeros_like(y)
 
 
+def parse_interval(text: str) -> tuple[int, int] | None:
+    """A guidance interval written ``LO:HI`` (timesteps, both included) → ``(lo, hi)``;
+    ``all`` → None (every step). The one parser of the CLI's ``--guidance-interval`` and the
+    benchmarks' specs."""
+    if text.strip().lower() == "all":
+        return None
+    lo, sep, hi = text.partition(":")
+    try:
+        v = (int(lo), int(hi)) if sep else None
+    except ValueError:
+        v = None
+    if v is None or not 0 <= v[0] <= v[1]:
+        raise ValueError(f"expected LO:HI, two timesteps with 0 <= LO <= HI (e.g. 0:600), or 'all' for every step; got {text!r}")
+    return v
+
+
 class CFGModel(nn.Module):
     """``model(x, t, y)`` guided towards ``y`` with weight ``w``: a drop-in network for the samplers.
 

@@ -81,6 +81,7 @@ def test_bench_guidance_pools_seeds_caches_draws_and_chooses_by_the_rule(tmp_pat
     run_main(bench, monkeypatch, "0", "1:0:500", "--seeds", "0", "1", "--cache", cache, "--out", out)
     assert json.loads(out.read_text())["rows"] == result["rows"]
     capsys.readouterr()
-    with pytest.raises(SystemExit) as e:
-        run_main(bench, monkeypatch, "0.2:600", "--cache", cache)
-    assert e.value.code == 2 and "a spec is W or W:LO:HI" in capsys.readouterr().err
+    for bad in ["0.2:600", "0.2:600:0", "x", "0.2:0:600:9", "0.2:-1:5"]:  # refused before any sampling
+        with pytest.raises(SystemExit) as e:
+            run_main(bench, monkeypatch, bad, "--cache", cache)
+        assert e.value.code == 2 and "a spec is W or W:LO:HI" in capsys.readouterr().err
