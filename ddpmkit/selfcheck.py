@@ -26,8 +26,8 @@ def _find(name: str):
 def check(fn) -> None:
     """Check ``fn`` (a function or class a question asks for, found by its name) and print
     the verdict; ``passed(name)`` tells afterwards whether every case matched."""
-    from .grading.harness import scalar_types
-    from .grading.spec import SELF_CHECK_SEED, call, expected_outputs, judge_with_hint, to_arrays
+    from .grading.inside.answers import array_values, gradient_state, mutated_args, scalar_types
+    from .grading.spec import SELF_CHECK_SEED, call, expected_outputs, judge_with_hint, materialize, rule_violation, to_arrays
 
     name = getattr(fn, "__name__", None)
     q = _find(name)
@@ -36,15 +36,18 @@ def check(fn) -> None:
     for k, case in enumerate(cases, 1):
         where = f"{name}, case {k} of {len(cases)}"
         try:
-            out = call(q, fn, case)
+            args = [materialize(a) for a in case.args]
+            before = array_values(args)
+            out = call(q, fn, case, args=args)
             got, types = to_arrays(out), scalar_types(out)
+            broken = rule_violation(q, types, mutated_args(args, before), gradient_state(out, args) if q.grad else None)
         except NotImplementedError:
             print(f"… {name}: not implemented yet (replace `raise NotImplementedError` with your code)")
             return
         except Exception as exc:  # noqa: BLE001 - the student's bug, reported, not raised
             print(f"✗ {where}: raised {type(exc).__name__}: {exc}")
             return
-        ok, msg = judge_with_hint(q, expected_outputs(q, case, seed=k), got, types)
+        ok, msg = (False, broken) if broken else judge_with_hint(q, expected_outputs(q, case, seed=k), got, types)
         if not ok:
             print(f"✗ {where}: {msg}")
             return

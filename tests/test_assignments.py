@@ -94,3 +94,35 @@ def test_every_reference_is_deterministic_given_the_seed():
                 assert all(np.array_equal(x, y) for x, y in zip(e1.values, e2.values)), q.name
                 assert all((x is None and y is None) or np.array_equal(x, y) for x, y in zip(e1.tol, e2.tol)), q.name
     torch.manual_seed(0)
+
+
+def _kind(v) -> tuple:
+    """What kind of input ``v`` is, without its drawn values: type, rank and dtype of an array,
+    the named schedule a β array is, the exact value of a string."""
+    import numpy as np
+
+    from ddpmkit.grading.assignments import STRATA
+    from ddpmkit.grading.spec import AsNumpy, Toy, ToyClassifier
+    from ddpmkit.schedules import make_betas
+
+    if isinstance(v, AsNumpy):
+        return ("numpy", *_kind(v.array))
+    if isinstance(v, np.ndarray):
+        names = [n for n in STRATA if v.ndim == 1 and v.dtype == np.float64 and len(v) and np.allclose(v, make_betas(n, len(v)).numpy())]
+        return ("array", v.ndim, v.dtype.str, tuple(names))
+    if isinstance(v, (Toy, ToyClassifier)):
+        return (type(v).__name__, *(None if w is None else w.ndim for w in vars(v).values()))
+    if isinstance(v, (list, tuple)):
+        return ("list", *(_kind(x) for x in v))
+    return (type(v).__name__, v if isinstance(v, str) else None)
+
+
+@pytest.mark.parametrize("key", sorted(ASSIGNMENTS))
+def test_hidden_cases_are_of_the_same_kinds_for_every_student(key):
+    import numpy as np
+
+    from ddpmkit.grading.assignments import hidden_cases
+
+    for q in ASSIGNMENTS[key].questions:
+        kinds = {tuple(tuple(_kind(a) for a in c.args) for c in hidden_cases(q, np.random.default_rng(seed))) for seed in range(12)}
+        assert len(kinds) == 1, f"{q.name}: the kinds of its cases depend on the seed"

@@ -131,7 +131,7 @@ report = dict()
 for label, target in [("hidden", "{hidden}"), ("hidden_dir", "{hidden_dir}"), ("tests", "{tests}")]:
     try:
         found = pathlib.Path(target).read_text() if pathlib.Path(target).is_file() else os.listdir(target)
-        report[label] = "READ" if found else "EMPTY"
+        report[label] = "EMPTY" if not found else sorted(found) if isinstance(found, list) else "READ"
     except Exception as exc:
         report[label] = type(exc).__name__
 for label, target in [("gradebook", "{gradebook}"), ("repo", "{repo}/pwned.txt"), ("tmp", "/tmp/ddpmkit-pwned.txt")]:
@@ -319,7 +319,8 @@ class TestBattery:
         report = dict(ast.literal_eval(line.removeprefix("ESCAPE ")))
         # the checks are not there; the repository and the gradebook cannot be written;
         # /tmp is the sandbox's own (written there, gone afterwards)
-        assert report["hidden"] == "FileNotFoundError" and report["hidden_dir"] == "EMPTY" and report["tests"] == "FileNotFoundError", report
+        assert report["hidden"] == "FileNotFoundError" and report["tests"] == "FileNotFoundError", report
+        assert report["hidden_dir"] == ["__init__.py", "inside"], report  # of the grader, only what runs in the sandbox
         assert report["write_gradebook"] != "WROTE", report  # (the repository's path may lie under the private /tmp)
         assert not (Path(ddpmkit.__file__).resolve().parents[1] / "pwned.txt").exists()
         assert not Path("/tmp/ddpmkit-pwned.txt").exists()

@@ -3,7 +3,7 @@
 Every question is graded in-process (the grader's own comparison, references and
 tolerances) on many grading seeds: each correct way of writing it in
 ``grading_variants.CORRECT``, and the library's solution, get every case right on every
-seed; each mistake in ``grading_variants.WRONG`` loses at least one case on most seeds.
+seed; each mistake in ``grading_variants.WRONG`` loses the same cases on every seed.
 Helpers that an answer calls (``uses``) are the references, as in the grader.
 """
 
@@ -16,7 +16,7 @@ import pytest
 from grading_variants import CORRECT, WRONG
 
 from ddpmkit.grading.assignments import ASSIGNMENTS, hidden_cases
-from ddpmkit.grading.harness import scalar_types
+from ddpmkit.grading.inside.answers import scalar_types
 from ddpmkit.grading.notebooks import assignments_dir, grading_meta, student_notebook
 from ddpmkit.grading.spec import call, expected_outputs, judge_with_hint, to_arrays
 from ddpmkit.profile import by_profile
@@ -62,14 +62,18 @@ def test_correct_variants_get_full_marks_on_every_seed(name):
     a, q = QUESTIONS[name]
     answers = [_namespace(a, q, None)[name]] + [_namespace(a, q, src)[name] for src in CORRECT[name]]
     wrong = _namespace(a, q, WRONG[name])[name]
-    caught = 0
+    patterns = set()  # which cases the mistake loses, per seed
     for seed in range(SEEDS):
-        lost = False
+        lost = []
         for k, case in enumerate(hidden_cases(q, np.random.default_rng(seed))):
             exp = expected_outputs(q, case, seed)
             for v, fn in enumerate(answers):
                 ok, msg = _grade(q, fn, case, exp)
                 assert ok, f"{name} variant {v} (0 = the solution), seed {seed}, case {k}: {msg}"
-            lost = lost or not _grade(q, wrong, case, exp)[0]
-        caught += lost
-    assert caught >= 0.9 * SEEDS, f"the mistake in WRONG[{name!r}] lost a point on only {caught} of {SEEDS} seeds"
+            lost.append(not _grade(q, wrong, case, exp)[0])
+        patterns.add(tuple(lost))
+    assert all(any(p) for p in patterns), f"the mistake in WRONG[{name!r}] lost no point on some seeds: {sorted(patterns)}"
+    # hidden cases are stratified (case k is of the same kind for every student, only its values
+    # are drawn), so the same mistake loses the same cases whatever the grading seed
+    assert len(patterns) == 1, f"the mistake in WRONG[{name!r}] lost different cases on different seeds: {sorted(patterns)}"
+

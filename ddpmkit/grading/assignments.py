@@ -27,10 +27,13 @@ from .spec import SELF_CHECK_SEED, Assignment, Case, Question, Toy, ToyClassifie
 F32 = np.float32
 
 
-def _betas(rng: np.random.Generator, T: int | None = None) -> np.ndarray:
-    """β_1..β_T of a random named schedule, float64, like the library's."""
-    name = str(rng.choice(["linear", "cosine", "quadratic"]))
-    return make_betas(name, int(T or rng.integers(20, 120))).numpy()
+STRATA = ("linear", "cosine", "quadratic")  # case k of every question uses schedule k mod 3: the same kinds for every student
+
+
+def _betas(rng: np.random.Generator, k: int, T: int | None = None) -> np.ndarray:
+    """β_1..β_T of named schedule ``STRATA[k % 3]`` (case ``k`` of its question), float64 like
+    the library's; only T is drawn, so every student's hidden cases are of the same kinds."""
+    return make_betas(STRATA[k % len(STRATA)], int(T or rng.integers(20, 120))).numpy()
 
 
 def _normal(rng, *shape) -> np.ndarray:
@@ -48,10 +51,12 @@ def _sched(betas) -> NoiseSchedule:
 
 
 def _state(module: torch.nn.Module, rng) -> dict[str, np.ndarray]:
-    """Random weights for ``module`` (seeded from ``rng``), as arrays."""
-    torch.manual_seed(int(rng.integers(2**31)))
-    for p in module.parameters():
-        torch.nn.init.normal_(p, std=0.3)
+    """Random weights for ``module`` (from ``rng``, through a generator of its own: never torch's
+    global one, which concurrent gradings share), as arrays."""
+    g = torch.Generator().manual_seed(int(rng.integers(2**31)))
+    with torch.no_grad():
+        for p in module.parameters():
+            torch.nn.init.normal_(p, std=0.3, generator=g)
     return {k: v.detach().numpy().copy() for k, v in module.state_dict().items()}
 
 
@@ -59,7 +64,7 @@ def _state(module: torch.nn.Module, rng) -> dict[str, np.ndarray]:
 def _q_sample_cases(rng):
     cases = []
     for shape in [(16, 2), (6, 1, 4, 4), (9, 3)]:
-        betas = _betas(rng)
+        betas = _betas(rng, len(cases))
         B = shape[0]
         t = rng.integers(0, len(betas), B)
         t[rng.integers(B)] = 0  # the first step, where 1 - abar is smallest
@@ -72,8 +77,10 @@ def ref_q_sample(x0, t, noise, betas):
 
 
 def _cosine_cases(rng):
-    """A short, a medium and a long schedule; every T and s drawn (none fixed, so no case is a self-check's)."""
-    return [Case((int(rng.integers(lo, hi)), float(rng.choice([0.008, 0.004, 0.01, 0.02])))) for lo, hi in [(5, 40), (50, 400), (800, 1200)]]
+    """A short schedule with the usual s, a medium one with a smaller s and a long one with a larger
+    s: the kinds are the same for every student, T and s are drawn (so no case is a self-check's)."""
+    ranges = [((5, 40), (0.008, 0.008)), ((50, 400), (0.002, 0.006)), ((800, 1200), (0.01, 0.03))]
+    return [Case((int(rng.integers(*T)), float(rng.uniform(*s)) if s[0] < s[1] else s[0])) for T, s in ranges]
 
 
 def ref_cosine_betas(T, s=0.008):
@@ -83,7 +90,7 @@ def ref_cosine_betas(T, s=0.008):
 def _posterior_cases(rng):
     cases = []
     for shape in [(12, 2), (5, 1, 4, 4), (8, 3)]:
-        betas = _betas(rng)
+        betas = _betas(rng, len(cases))
         t = rng.integers(0, len(betas), shape[0])
         t[0] = 0  # the first step, where β̃ = 0
         cases.append(Case((_normal(rng, *shape), _normal(rng, *shape), t, betas)))
@@ -130,7 +137,7 @@ class _RefTimeLinear(LibTimeLinear):
 def _loss_cases(rng):
     cases = []
     for B in (32, 7, 64):
-        betas = _betas(rng)
+        betas = _betas(rng, len(cases))
         cases.append(Case((_toy(rng, 2, len(betas)), _normal(rng, B, 2), rng.integers(0, len(betas), B), _normal(rng, B, 2), betas)))
     return cases
 
@@ -141,8 +148,9 @@ def ref_ddpm_loss(model, x0, t, noise, betas):
 
 
 def ref_p_sample(model, x_t, t: int, z, betas, predictor="eps"):
-    """One step of Algorithm 2: x_{t-1} = μ̂_θ(x_t, t) + σ_t z, σ_t² = β_t, no noise at t = 0."""
-    return _p_step(model, x_t, t, z, _sched(betas).to(dtype=x_t.dtype), predictor)
+    """One step of Algorithm 2: x_{t-1} = μ̂_θ(x_t, t) + σ_t z, σ_t² = β_t, no noise at t = 0.
+    ``t`` as the notebook allows it: a Python or NumPy int, a 0-d or (1,) tensor."""
+    return _p_step(model, x_t, int(t), torch.as_tensor(z), _sched(betas).to(dtype=x_t.dtype), predictor)
 
 
 def _p_step(model, x_t, t: int, z, s: NoiseSchedule, predictor="eps"):
@@ -154,7 +162,7 @@ def _p_step(model, x_t, t: int, z, s: NoiseSchedule, predictor="eps"):
 def _p_sample_cases(rng):
     cases = []
     for t_kind in ("mid", "zero", "last"):
-        betas = _betas(rng)
+        betas = _betas(rng, len(cases))
         T = len(betas)
         t = {"mid": int(rng.integers(1, T - 1)), "zero": 0, "last": T - 1}[t_kind]
         cases.append(Case((_toy(rng, 2, T), _normal(rng, 10, 2), t, _normal(rng, 10, 2), betas)))
@@ -172,7 +180,7 @@ def ref_p_sample_loop(model, x_T, zs, betas):
 def _loop_cases(rng):
     cases = []
     for B in (8, 3, 16):
-        betas = _betas(rng, T=int(rng.integers(10, 30)))
+        betas = _betas(rng, len(cases), T=int(rng.integers(10, 30)))
         T = len(betas)
         cases.append(Case((_toy(rng, 2, T), _normal(rng, B, 2), _normal(rng, T, B, 2), betas)))
     return cases
@@ -211,7 +219,8 @@ def _sinusoid_cases(rng):
 
 
 def ref_sinusoid(t, dim):
-    return timestep_embedding(t, dim)
+    """``t`` (B,) (an int or 0-d tensor counts as B = 1); ``dim`` an int of any kind."""
+    return timestep_embedding(torch.as_tensor(t).reshape(-1), int(dim))
 
 
 class _RefConditionEmbedding(torch.nn.Module):
@@ -259,7 +268,7 @@ def _reverse_cases(rng):
     cases = []
     for predictor in ("eps", "x0", "mean"):
         for shape, last in [((4, 1, 4, 4), False), ((6, 2), True)]:
-            betas = _betas(rng)
+            betas = _betas(rng, len(cases))
             t = 0 if last else int(rng.integers(1, len(betas)))  # index 0: the last step, no noise
             cases.append(Case((_normal(rng, *shape), _normal(rng, *shape), t, _normal(rng, *shape), betas, predictor)))
     return cases
@@ -299,13 +308,15 @@ def _cfg_cases(rng):
 
 
 def ref_cfg_eps(model, x, t, y, w):
-    return CFGModel(model, y, w)(x, t)
+    """``t`` as the networks take it (a Python or NumPy int, a 0-d, (1,) or (B,) tensor); ``y``
+    a (B,) tensor or array; ``w`` a number of any kind."""
+    return CFGModel(model, torch.as_tensor(y), float(w))(x, torch.as_tensor(t).long().reshape(-1))
 
 
 def _guided_cases(rng):
     cases = []
     for B, D, w in [(6, 2, 1.0), (4, 4, 3.0), (5, 2, 0.0)]:
-        betas = _betas(rng, T=int(rng.integers(10, 25)))
+        betas = _betas(rng, len(cases), T=int(rng.integers(10, 25)))
         T, K = len(betas), 4
         cases.append(Case((_toy(rng, D, T, K), _normal(rng, B, D), rng.integers(0, K, B), w, _normal(rng, T, B, D), betas)))
     return cases
@@ -318,7 +329,7 @@ def ref_guided_sample(model, x_T, y, w, zs, betas):
 def _classify_cases(rng):
     cases = []
     for B, D, J, K in [(8, 2, 3, 2), (5, 4, 2, 4), (6, 2, 4, 3)]:
-        betas = _betas(rng, T=100)
+        betas = _betas(rng, len(cases), T=100)
         cases.append(Case((_toy(rng, D, 100, K), _normal(rng, B, D), rng.integers(0, 100, J), _normal(rng, J, B, D), betas)))
     return cases
 
@@ -357,7 +368,7 @@ def _ddim_cases(rng):
     """A jump with η = 0, one step with η = 1 (DDPM with β̃), a jump with η in (0, 1), the step to x_0."""
     cases = []
     for shape, kind in [((8, 2), "jump0"), ((5, 1, 3, 3), "ddpm"), ((7, 3), "jump"), ((6, 2), "last")]:
-        betas = _betas(rng)
+        betas = _betas(rng, len(cases))
         T = len(betas)
         t = int(rng.integers(1, T)) if kind != "last" else int(rng.integers(0, T // 4 + 1))
         t_prev = {"jump0": int(rng.integers(-1, t)), "ddpm": t - 1, "jump": int(rng.integers(-1, t)), "last": -1}[kind]
@@ -379,8 +390,8 @@ def ref_ddim_step(model, x_t, t: int, t_prev: int, eta: float, z, betas):
 
 def _kl_cases(rng):
     cases = []
-    for shape, variance in [((9, 2), "beta_tilde"), ((4, 1, 4, 4), "beta"), ((7, 3), str(rng.choice(["beta", "beta_tilde"])))]:
-        betas = _betas(rng)
+    for shape, variance in [((9, 2), "beta_tilde"), ((4, 1, 4, 4), "beta"), ((7, 3), "beta_tilde")]:
+        betas = _betas(rng, len(cases))
         # L_{t-1} for t >= 1 (0-based): t = 0 is the decoder L_0. At the first few t the KL is ill-conditioned in
         # float32 (1 - abar_{t-1} is a difference of nearly equal numbers), and its tolerance grows accordingly
         t = rng.integers(1, len(betas), shape[0])
@@ -406,7 +417,7 @@ def _toy_classifier(rng, D: int, T: int, K: int, H: int = 8) -> ToyClassifier:
 def _cg_cases(rng):
     cases = []
     for shape, scale in [((6, 2), float(rng.uniform(0.5, 3))), ((4, 1, 3, 3), 0.0), ((5, 4), float(rng.uniform(3, 10)))]:
-        betas = _betas(rng)
+        betas = _betas(rng, len(cases))
         T, K, D = len(betas), int(rng.integers(2, 5)), int(np.prod(shape[1:]))
         cases.append(Case((_toy(rng, D, T), _toy_classifier(rng, D, T, K), _normal(rng, *shape), rng.integers(0, T, 1),
                            rng.integers(0, K, shape[0]), scale, betas)))
@@ -431,7 +442,7 @@ A5 = Assignment(
                  hint="x0_hat = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t); abar_prev = 1 when t_prev = -1; sigma from eq. (16)"),
         Question("kl_term", _kl_cases, ref_kl_term,
                  hint="KL of two Gaussians per entry, 0.5 (log(s2/s1) + (s1 + (m1 - m2)^2) / s2 - 1), summed over all but the batch dim"),
-        Question("classifier_guided_eps", _cg_cases, ref_classifier_guided_eps,
+        Question("classifier_guided_eps", _cg_cases, ref_classifier_guided_eps, no_grad=True,
                  hint="the gradient of log_softmax(logits)[y] with respect to x, times -scale * sqrt(1 - abar_t), added to eps"),
     ),
 )

@@ -44,13 +44,12 @@ from ..checkpoint import save_json
 from ..common import atomic_write
 from . import notebooks
 from .assignments import Assignment, get_assignment, hidden_cases
-from .harness import MAX_OUTPUT, TOY_WEIGHTS, pack_frame, parse_arrays
-from .sandbox import NOT_ISOLATED, FrameError, Isolation, Limits, Session, Zygote, ZygoteError, resolve_isolation
+from .inside.wire import FrameError, decode, encode, pack
+from .sandbox import NOT_ISOLATED, Isolation, Limits, Session, Zygote, ZygoteError, resolve_isolation
 from .sanitize import sanitized_root
-from .spec import REFERENCE_LOCK, Case, Expected, Question, encode_case, expected_outputs, judge_with_hint, materialize, to_arrays, toy_from_wire
+from .spec import REFERENCE_LOCK, Case, Expected, Question, encode_case, expected_outputs, judge_with_hint, rule_violation
 
 CUDA_HINT = " The grader has no GPU: use the device of your inputs (x.device) instead of .cuda() or 'cuda'."
-MAX_RESULT_BYTES = MAX_OUTPUT + (1 << 20)  # a frame larger than this is not read
 FAILED_FILE = "not graded: the grader failed on this file"
 
 
@@ -153,45 +152,75 @@ def read_answer(header: dict, arrays: list[np.ndarray]) -> Answer:
                   too_large=too_large if isinstance(too_large, int) else None)
 
 
-def _frame(blob: bytes) -> tuple[dict, list[np.ndarray]]:
-    """Header and arrays of one frame from the sandbox; ``FrameError`` for anything malformed."""
-    n = int.from_bytes(blob[:4], "big")
+def _plain_ints(obj):
+    """The plain integers of a JSON value description (``{"value": 7}``), at any depth."""
+    if isinstance(obj, dict):
+        if set(obj) == {"value"} and type(obj["value"]) is int:
+            yield obj["value"]
+        else:
+            for v in obj.values():
+                yield from _plain_ints(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _plain_ints(v)
+
+
+@dataclass
+class HelperBounds:
+    """The sizes a helper call made during one case may ask the grader's own process for: at
+    most ``SLACK`` times the largest of that case's inputs, in entries and in integer values
+    (a size such as ``dim``, a step index)."""
+
+    elements: int
+    integer: int
+    SLACK = 4
+
+    @classmethod
+    def of_case(cls, spec: dict, arrays: list[np.ndarray]) -> HelperBounds:
+        ints = [abs(v) for v in _plain_ints(spec)] + [d for a in arrays for d in a.shape]
+        ints += [int(np.abs(a).max()) for a in arrays if a.dtype.kind in "iu" and a.size]
+        return cls(cls.SLACK * max([a.size for a in arrays] + [1]), cls.SLACK * max(ints + [1]))
+
+    def refuse(self, value) -> str | None:
+        """Why ``value`` (decoded arguments) is too large to compute here, or None."""
+        if isinstance(value, (list, tuple)):
+            return next((w for v in value if (w := self.refuse(v))), None)
+        if isinstance(value, dict):
+            return self.refuse(list(value.values()))
+        if isinstance(value, torch.nn.Module):
+            return self.refuse([p.detach() for p in value.parameters()])
+        if isinstance(value, (torch.Tensor, np.ndarray, np.generic)):
+            a = np.asarray(value.detach() if isinstance(value, torch.Tensor) else value)
+            if a.size > self.elements:
+                return f"an array of {a.size:,} entries, more than {self.elements:,}"
+            if a.size == 1 and a.dtype.kind in "iu" and abs(int(a.reshape(()))) > self.integer:
+                return f"the value {int(a.reshape(())):,}, more than {self.integer:,}"
+        elif isinstance(value, int) and abs(value) > self.integer:
+            return f"the value {value:,}, more than {self.integer:,}"
+        return None
+
+
+def _helper_reply(a: Assignment, name: str, header: dict, arrays: list[np.ndarray], bounds: HelperBounds) -> bytes:
+    """The reference answer to a helper call the student's code made during a call, computed in
+    this process only at the sizes of the case it was made in."""
+    q, who = a.question(name), f"{name} (the grader's reference)"
     try:
-        header = json.loads(blob[4 : 4 + n])
-        if not isinstance(header, dict):
-            raise TypeError("the header is not an object")
-        return header, parse_arrays(header, blob[4 + n :])
-    except (ValueError, TypeError, KeyError, RecursionError) as exc:
-        raise FrameError(f"an unreadable frame ({type(exc).__name__}: {str(exc)[:100]})") from None
-
-
-def _helper_reply(a: Assignment, name: str, header: dict, arrays: list[np.ndarray]) -> bytes:
-    """The reference answer to a helper call the student's code made during a call."""
-    q = a.question(name)
-
-    def value(spec):
-        if not isinstance(spec, dict) or len(spec) != 1:
-            raise ValueError("a malformed argument")
-        kind, v = next(iter(spec.items()))
-        if kind in ("tensor", "numpy"):
-            arr = arrays[int(v)]
-            return torch.from_numpy(arr.copy()) if kind == "tensor" else arr.copy()
-        if kind in TOY_WEIGHTS:
-            return materialize(toy_from_wire(kind, arrays, v))
-        if kind == "value":
-            return v
-        raise ValueError(f"an argument of kind {kind!r}")
-
+        args, kwargs = decode(header.get("args"), arrays), decode(header.get("kwargs"), arrays)
+        if not isinstance(args, list) or not isinstance(kwargs, dict):
+            raise TypeError("not a list of arguments")
+    except (ValueError, TypeError) as exc:
+        return pack({"t": "helper_error", "error": f"{who} could not read the arguments it was given: {exc}"})
+    why = bounds.refuse([args, kwargs])
+    if why:
+        return pack({"t": "helper_error", "error": f"{who} was not called: one argument is {why} ({HelperBounds.SLACK} times the "
+                                                   "largest in this case's inputs); call it at the sizes of the question's inputs"})
     try:
-        args = [value(s) for s in header.get("args", [])]
-        kwargs = {str(k): value(s) for k, s in header.get("kwargs", {}).items()}
         with torch.no_grad(), REFERENCE_LOCK:
             out = q.reference(*args, **kwargs)
-        outs = to_arrays(out)
-        return pack_frame({"t": "helper_result", "tuple": isinstance(out, (tuple, list))}, outs)
+        out_arrays: list[np.ndarray] = []
+        return pack({"t": "helper_result", "value": encode(out, out_arrays)}, out_arrays)
     except Exception as exc:  # noqa: BLE001 - the student called the helper with arguments the reference cannot take
-        return pack_frame({"t": "helper_error", "error": f"{name} (the grader's reference) could not be called with these arguments: "
-                                                         f"{type(exc).__name__}: {str(exc)[:300]}"})
+        return pack({"t": "helper_error", "error": f"{who} could not be called with these arguments: {type(exc).__name__}: {str(exc)[:300]}"})
 
 
 @dataclass
@@ -206,9 +235,9 @@ def _run_cells(session: Session, plan: notebooks.Plan, tr: Transcript, deadline:
     """Read the cells' frames until ``cells_done``."""
     out = _Cells()
     try:
-        while (blob := session.receive(deadline, MAX_RESULT_BYTES)) is not None:
+        while (frame := session.receive(deadline)) is not None:
             out.started = True
-            head, _ = _frame(blob)
+            head, _ = frame
             t = head.get("t")
             if t == "cell":
                 out.label = str(head.get("label", "?"))[:200]
@@ -227,39 +256,55 @@ def _run_cells(session: Session, plan: notebooks.Plan, tr: Transcript, deadline:
     return out
 
 
+def question_end(limits: Limits, n_questions: int, n_after: int, budget_end: float) -> float:
+    """When the question starting now must end: after at most ``--question-timeout``, and never
+    so late that the ``n_after`` questions after it have less than their guaranteed share each,
+    ``min(question_timeout, timeout / (n_questions + 1))`` (the cells get the remaining share)."""
+    now = time.monotonic()
+    share = min(limits.question_timeout, limits.timeout / (n_questions + 1))
+    left = budget_end - now
+    return now + max(min(share, left), min(limits.question_timeout, left - share * n_after))
+
+
+def _await_answer(session: Session, a: Assignment, q: Question, k: int, nonce: str, tr: Transcript, q_end: float,
+                  bounds: HelperBounds) -> Answer | None:
+    """Read frames until the answer to call (q, k) arrives, answering its helper calls; None
+    when the run ended or the question's time ran out. ``FrameError`` for garbled frames."""
+    while (frame := session.receive(q_end)) is not None:
+        head, arrs = frame
+        if head.get("nonce") != nonce:
+            tr.notes.append(f"a record not sent in answer to a call was ignored ({q.name}, case {k + 1})")
+        elif head.get("t") == "helper" and head.get("name") in q.uses:
+            tr.helpers[q.name] = tr.helpers.get(q.name, 0) + 1
+            if not session.send(_helper_reply(a, str(head["name"]), head, arrs, bounds), q_end):
+                return None
+        elif head.get("t") in ("result", "call_error") and head.get("q") == q.name and head.get("case") == k:
+            return read_answer(head, arrs)
+        else:
+            tr.notes.append(f"an unexpected record during {q.name}, case {k + 1}, was ignored")
+    return None
+
+
 def _run_calls(session: Session, a: Assignment, questions: list[Question], cases: dict[str, list[Case]], tr: Transcript,
                limits: Limits, seed: int, budget_end: float) -> tuple[str | None, str | None]:
     """One call per case, each answered (or not) before the next. Returns (the question
     during which the run ended, why the frames stopped making sense), or (None, None)."""
-    for q in questions:
+    for j, q in enumerate(questions):
         qi = a.questions.index(q)  # the position in the assignment, not in this run: the same after a restart
-        q_end = min(budget_end, time.monotonic() + limits.question_timeout)
+        q_end = question_end(limits, len(a.questions), len(questions) - j - 1, budget_end)
         for k, case in enumerate(cases[q.name]):
             spec, arrays = encode_case(case)
             nonce = secrets.token_hex(16)  # the answer must carry it: nothing written before this call can
-            call = {"t": "call", "nonce": nonce, "q": q.name, "case": k, "module": q.module, "grad": q.grad,
-                    "uses": list(q.uses), "seed": (seed + 7919 * (qi + 1) + k) % 2**63,
-                    **spec}
-            if not session.send(pack_frame(call, arrays)):
+            call = {"t": "call", "nonce": nonce, "q": q.name, "case": k, "module": q.module, "grad": q.grad, "no_grad": q.no_grad,
+                    "uses": list(q.uses), "seed": (seed + 7919 * (qi + 1) + k) % 2**63, **spec}
+            if not session.send(pack(call, arrays), q_end):
                 return q.name, None
             try:
-                answer = None
-                while answer is None:
-                    blob = session.receive(q_end, MAX_RESULT_BYTES)
-                    if blob is None:
-                        return q.name, None
-                    head, arrs = _frame(blob)
-                    if head.get("nonce") != nonce:
-                        tr.notes.append(f"a record not sent in answer to a call was ignored ({q.name}, case {k + 1})")
-                    elif head.get("t") == "helper" and head.get("name") in q.uses:
-                        tr.helpers[q.name] = tr.helpers.get(q.name, 0) + 1
-                        session.send(_helper_reply(a, str(head["name"]), head, arrs))
-                    elif head.get("t") in ("result", "call_error") and head.get("q") == q.name and head.get("case") == k:
-                        answer = read_answer(head, arrs)
-                    else:
-                        tr.notes.append(f"an unexpected record during {q.name}, case {k + 1}, was ignored")
+                answer = _await_answer(session, a, q, k, nonce, tr, q_end, HelperBounds.of_case(spec, arrays))
             except FrameError as exc:
                 return q.name, str(exc)
+            if answer is None:
+                return q.name, None
             tr.answers[(q.name, k)] = answer
     return None, None
 
@@ -292,13 +337,13 @@ def run(a: Assignment, plan: notebooks.Plan, cases: dict[str, list[Case]], limit
             session = Session(root, limits, mode, seed)
         crashed, garbled = None, None
         try:
-            session.send(pack_frame({"t": "setup", "cells": plan.cells, "seed": seed}))
+            session.send(pack({"t": "setup", "cells": plan.cells, "seed": seed}), budget_end)
             cells = _run_cells(session, plan, tr, budget_end, first)
             garbled = cells.garbled
             if cells.done:
                 crashed, garbled = _run_calls(session, a, pending, cases, tr, limits, seed, budget_end)
                 if crashed is None:
-                    session.send(pack_frame({"t": "end"}))
+                    session.send(pack({"t": "end"}), time.monotonic() + 2)
         finally:
             result = session.close()
         if not cells.started and not result.timed_out:  # the sandbox itself failed: never the notebook's fault
@@ -370,16 +415,15 @@ def case_verdict(q: Question, exp: Expected, ans: Answer) -> tuple[bool, str]:
             msg += _lookalike(q.name, ans.names)
         if "cuda" in msg.lower() or "nvidia" in msg.lower():
             msg += CUDA_HINT
+        if q.no_grad and "does not require grad" in msg:
+            msg += (". The notebook's callers run it without gradients (inside torch.no_grad()): take the gradient inside "
+                    "`with torch.enable_grad():`")
         return False, f"raised {msg}"
     if ans.module.startswith("ddpmkit"):
         return False, f"this is the library's {ans.module}.{q.name}, not your code; write the function yourself"
-    if ans.mutated:
-        which = ", ".join(str(i + 1) for i in ans.mutated)
-        return False, f"it modified its input argument(s) {which} in place; work on copies (x = x + ..., not x += ...)"
-    if q.grad and ans.grad != "ok" and ans.types[:1] == ["Tensor"]:
-        why = "the loss does not require grad (was it detached, computed under torch.no_grad(), or turned into a float?)" if ans.grad == "none" \
-            else "back-propagating the loss gives the network's parameters no gradient"
-        return False, f"the loss cannot train the network: {why}"
+    broken = rule_violation(q, ans.types, ans.mutated, ans.grad)
+    if broken:
+        return False, broken
     try:
         return judge_with_hint(q, exp, [np.asarray(x) for x in ans.arrays], ans.types)
     except Exception as exc:  # noqa: BLE001 - malformed arrays are the submission's fault
@@ -416,8 +460,6 @@ def score(a: Assignment, expected: dict[str, list[Expected]], tr: Transcript, pl
             for cell in tr.cells:
                 if q.name in cell.questions:
                     r.notes.append(f"its cell failed before defining it: {cell.error}")
-        if plan and q.name in plan.copies:
-            r.notes.append(plan.copies[q.name])
         results[q.name] = r
     return results
 
@@ -437,10 +479,12 @@ def _draw_fixed(key: str, seed: int) -> tuple[dict[str, list[Case]], dict[str, l
 
 
 def draw(a: Assignment, seed: int) -> tuple[dict[str, list[Case]], dict[str, list[Expected]]]:
-    """Step 3: the hidden cases and their references (float64, with tolerances)."""
-    rng = np.random.default_rng(seed)
-    cases = {q.name: hidden_cases(q, rng) for q in a.questions}
-    expected = {q.name: [expected_outputs(q, c, seed + 101 * k) for k, c in enumerate(cases[q.name])] for q in a.questions}
+    """Step 3: the hidden cases and their references (float64, with tolerances). One drawing at
+    a time in this process: PyTorch's default dtype and global generator are shared by threads."""
+    with REFERENCE_LOCK:
+        rng = np.random.default_rng(seed)
+        cases = {q.name: hidden_cases(q, rng) for q in a.questions}
+        expected = {q.name: [expected_outputs(q, c, seed + 101 * k) for k, c in enumerate(cases[q.name])] for q in a.questions}
     return cases, expected
 
 
@@ -464,7 +508,8 @@ def grade_submission(
         "student": sub.student, "assignment": assignment.key, "submission": str(sub.path), "sha256": sub.sha256,
         "isolation": "bubblewrap" if mode == "bwrap" else NOT_ISOLATED, "seed": seed,
         "time_budget": {"submission_s": limits.timeout, "question_s": min(limits.question_timeout, limits.timeout)},
-        "notes": [], "flags": [], "cells": [], "output": "",
+        "notes": [], "cells": [], "output": "",
+        "instructor": {"flags": [], "forms": {}},  # never shown to the student: the batch keeps it apart (``INSTRUCTOR_DIR``)
     }
     cases, expected = _draw_fixed(assignment.key, seed) if fixed and assignment is get_assignment(assignment.key) else draw(assignment, seed)  # 3.
     plan, status = None, "graded"
@@ -478,7 +523,7 @@ def grade_submission(
         release = notebooks.release_cached(source, source.stat().st_mtime_ns)
         plan = notebooks.plan_cells(release, submitted, [q.name for q in assignment.questions], notebooks.reference_forms_cached(source))
         feedback["notes"] += plan.general
-        feedback["flags"] += list(plan.copies.values())
+        feedback["instructor"] = {"flags": list(plan.copies.values()), "forms": plan.forms}
     except notebooks.NotebookError as exc:
         for q in assignment.questions:
             tr.failures[q.name] = f"not graded: {exc}"
@@ -527,11 +572,11 @@ def write_gradebook(path: Path, assignment: Assignment, rows: dict[str, dict]) -
     atomic_write(path, lambda f: f.write(buf.getvalue().encode()))
 
 
-def row_of(feedback: dict) -> dict:
+def row_of(feedback: dict, instructor: dict) -> dict:
     return {
         "student": feedback["student"], "points": feedback["points"], "max_points": feedback["max_points"],
         **{q: v["points"] for q, v in feedback["questions"].items()},
-        "status": feedback["status"], "flags": " | ".join(feedback.get("flags", [])),
+        "status": feedback["status"], "flags": " | ".join(instructor.get("flags", [])),
         "isolation": "bubblewrap" if feedback["isolation"] == "bubblewrap" else "none (NOT isolated)",
         "sha256": feedback["sha256"], "submission": feedback["submission"], "graded_at": feedback["graded_at"],
     }
@@ -539,6 +584,55 @@ def row_of(feedback: dict) -> dict:
 
 def _fingerprint(sub: Submission) -> str:
     return sub.sha256 or f"refused:{sub.refused}"
+
+
+# ---- for the instructor only: copy flags and the class similarity report ---------------------------
+INSTRUCTOR_DIR = ".instructor"  # beside the feedback, one file per student: flags and normal forms, never shown to students
+SIMILAR = 0.85  # pairs of answers at least this similar (Jaccard of their normal forms' 8-token shingles) are reported
+MAX_PAIRS = 20  # per question
+
+
+def _shingles(form: str, k: int = 8) -> set[int]:
+    import re
+
+    tokens = re.findall(r"\w+|[^\w\s]", form)
+    return {hash(tuple(tokens[i : i + k])) for i in range(max(1, len(tokens) - k + 1))}
+
+
+def similar_pairs(forms: dict[str, dict[str, list]], min_nodes: int) -> list[dict]:
+    """The most similar pairs of students per question, by their answers' normal forms (local
+    names renamed, docstrings dropped); answers under ``min_nodes`` nodes are left out."""
+    rows = []
+    questions = sorted({q for f in forms.values() for q in f})
+    for q in questions:
+        have = {s: (f[q][0], _shingles(f[q][0])) for s, f in forms.items() if q in f and f[q][1] >= min_nodes}
+        pairs = []
+        names = sorted(have)
+        for i, a in enumerate(names):
+            for b in names[i + 1 :]:
+                (fa, sa), (fb, sb) = have[a], have[b]
+                sim = len(sa & sb) / len(sa | sb)
+                if sim >= SIMILAR:
+                    pairs.append({"question": q, "student_a": a, "student_b": b, "similarity": round(sim, 3), "identical": fa == fb})
+        rows += sorted(pairs, key=lambda r: (-r["similarity"], r["student_a"], r["student_b"]))[:MAX_PAIRS]
+    return rows
+
+
+def write_similarity(a: Assignment, rows: dict[str, dict], feedback_dir: Path, out: Path) -> Path:
+    """``<gradebook>-similarity.csv``, atomically: for each question, the pairs of this class's
+    students whose answers are most alike. Evidence for the instructor to look at, not a verdict."""
+    forms = {}
+    for sid in rows:
+        f = feedback_dir / INSTRUCTOR_DIR / f"{sid}.json"
+        if f.is_file():
+            forms[sid] = json.loads(f.read_text()).get("forms", {})
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=["question", "student_a", "student_b", "similarity", "identical"])
+    w.writeheader()
+    w.writerows(similar_pairs(forms, notebooks.MIN_COPY_NODES))
+    path = out.with_name(f"{out.stem}-similarity.csv")
+    atomic_write(path, lambda f: f.write(buf.getvalue().encode()))
+    return path
 
 
 # ---- shards: one slice of a class per job, merged afterwards ----------------------------------
@@ -635,16 +729,18 @@ def grade_batch(
                 fb = grade_submission(a, sub, limits, mode, seed, zygote)
             except Exception as exc:  # noqa: BLE001 - never lose the batch to one file: the row says what happened
                 fb = _finish({"student": sub.student, "assignment": a.key, "submission": str(sub.path), "sha256": sub.sha256,
-                              "isolation": "bubblewrap" if mode == "bwrap" else NOT_ISOLATED, "seed": seed, "notes": [], "flags": [],
+                              "isolation": "bubblewrap" if mode == "bwrap" else NOT_ISOLATED, "seed": seed, "notes": [],
                               "cells": [], "output": ""},
                              {q.name: QuestionResult(q.name, q.n_cases, [{"ok": False, "message": FAILED_FILE}] * q.n_cases)
                               for q in a.questions}, time.monotonic(),
                              f"grader error: {type(exc).__name__}: {str(exc)[:300]}")
+            private = fb.pop("instructor", {})
             with lock:  # feedback first, then the gradebook row: a crash never leaves a row without its feedback
                 save_json(fb, feedback_dir / f"{fb['student']}.json")
+                save_json(private, feedback_dir / INSTRUCTOR_DIR / f"{fb['student']}.json")
                 for name in exports:
                     EXPORTS[name](a, fb, out, feedback_dir)
-                rows[fb["student"]] = row_of(fb)
+                rows[fb["student"]] = row_of(fb, private)
                 write_gradebook(out, a, rows)
         except BaseException:
             marker.unlink(missing_ok=True)  # an interruption of the grader, not the file's doing: retry it next time
@@ -665,6 +761,7 @@ def grade_batch(
         if zygote is not None:
             zygote.close()
     write_gradebook(out, a, rows)
+    write_similarity(a, rows, feedback_dir, out)
     if "canvas" in exports:
         write_canvas(a, rows, out)
     if shard is not None:  # the slice is complete: say so, last

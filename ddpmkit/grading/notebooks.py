@@ -195,7 +195,7 @@ def read_submission(data: bytes) -> tuple[nbformat.NotebookNode, list[str]]:
 
 
 @cache
-def reference_forms_cached(source_path: Path) -> dict[str, tuple[str, int]]:
+def reference_forms_cached(source_path: Path) -> dict[str, ReferenceForm]:
     return reference_forms(source_path)
 
 
@@ -211,19 +211,18 @@ class Plan:
     notes: dict[str, list[str]]  # per question: what the grader noticed about its cell
     general: list[str]  # notes about the notebook as a whole
     copies: dict[str, str] = field(default_factory=dict)  # question -> why its answer is flagged for the instructor
+    forms: dict[str, list] = field(default_factory=dict)  # question -> [normal form, size] of its answer (the class similarity report)
 
 
-def _clean(source: str) -> str:
-    """IPython-only lines (magics, shell escapes) become ``pass`` at the same indentation:
-    a plain Python process runs the cells, and an indented block stays a block."""
-    out = []
-    for ln in source.splitlines():
-        body = ln.lstrip()
-        if body.startswith(("%", "!")):
-            out.append(f"{ln[: len(ln) - len(body)]}pass  # removed: {body}")
-        else:
-            out.append(ln)
-    return "\n".join(out)
+def as_python(source: str) -> str:
+    """A cell as the Python that IPython runs (magics and shell escapes become calls), to read
+    its definitions here; the sandbox runs the cell itself in IPython."""
+    from IPython.core.inputtransformer2 import TransformerManager
+
+    try:
+        return TransformerManager().transform_cell(source)
+    except Exception:  # noqa: BLE001 - a cell IPython cannot transform is read as it is
+        return source
 
 
 # ---- copies of the reference ------------------------------------------------------------------
@@ -273,30 +272,72 @@ def definitions(source: str) -> dict[str, ast.AST]:
     return {n.name: n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
 
 
-MIN_COPY_NODES = 40  # shorter answers can match the reference by chance: never flagged
+MIN_COPY_NODES = 40  # shorter answers are never compared: they have one natural form
+LARGE_COPY_NODES = 200  # a normal form this large is not reached independently; smaller ones need a carried comment too
 
 
-def reference_forms(source_path: Path) -> dict[str, tuple[str, int]]:
-    """Normal forms of the solution's definitions, by name."""
-    nb = student_notebook(source_path, keep_solutions=True)
+@dataclass(frozen=True)
+class ReferenceForm:
+    form: str  # the normal form of the solution's definition
+    size: int  # its size in syntax-tree nodes
+    marks: tuple[str, ...]  # the solution's own comments (not in the released cell), worded enough to be distinctive
+
+
+def comments(source: str) -> set[str]:
+    """The comment texts of a cell, stripped."""
+    import io
+    import tokenize
+
+    try:
+        return {t.string.lstrip("#").strip() for t in tokenize.generate_tokens(io.StringIO(as_python(source)).readline)
+                if t.type == tokenize.COMMENT}
+    except (tokenize.TokenError, IndentationError, SyntaxError):
+        return set()
+
+
+def _distinctive(comment: str) -> bool:
+    return len(comment) >= 12 and len(re.findall(r"[A-Za-z]{2,}", comment)) >= 2
+
+
+def reference_forms(source_path: Path) -> dict[str, ReferenceForm]:
+    """Normal forms of the solution's definitions, by name, with the solution's own comments."""
+    solved = student_notebook(source_path, keep_solutions=True)
+    released = student_notebook(source_path)
     forms = {}
-    for cell in nb.cells:
+    for cell, blank in zip(solved.cells, released.cells):
         if grading_meta(cell).get("kind") == "answer":
+            marks = tuple(sorted(c for c in comments(cell.source) - comments(blank.source) if _distinctive(c)))
             for name, node in definitions(cell.source).items():
-                forms[name] = normalized(node)
+                forms[name] = ReferenceForm(*normalized(node), marks)
     return forms
 
 
+def copy_flags(defined: dict[str, str], references: dict[str, ReferenceForm]) -> dict[str, str]:
+    """Answers that are the reference solution on strong evidence only: the same normal form,
+    of a size no independent writer reaches by chance (``LARGE_COPY_NODES``) or carrying one of
+    the solution's own comments verbatim. For the instructor's eyes, never the student's."""
+    flags = {}
+    for q, ref in references.items():
+        node = definitions(as_python(defined[q])).get(q) if q in defined else None
+        if node is None or ref.size < MIN_COPY_NODES or normalized(node)[0] != ref.form:
+            continue
+        carried = sorted(set(ref.marks) & comments(defined[q]))
+        if ref.size >= LARGE_COPY_NODES or carried:
+            why = f"carries the solution's comment {carried[0]!r}" if carried else f"is {ref.size} nodes long"
+            flags[q] = f"{q}: its syntax tree, with names normalised, is the reference solution's, and it {why}"
+    return flags
+
+
 def plan_cells(release: nbformat.NotebookNode, submitted: nbformat.NotebookNode, questions: list[str],
-               references: dict[str, tuple[str, int]] | None = None) -> Plan:
+               references: dict[str, ReferenceForm] | None = None) -> Plan:
     """What runs in the sandbox: the released setup cells, then the student's answer cells and
     the cells they added, in the student's order. Self-checks and demos are skipped; edits
     to a setup cell are reported (the released version runs); an answer whose normal form
-    is the reference solution's is flagged."""
+    is the reference solution's, on strong evidence, is flagged for the instructor (``copy_flags``)."""
     notes: dict[str, list[str]] = {q: [] for q in questions}
     general: list[str] = []
     released_setup = {grading_meta(c)["id"]: c.source for c in release.cells if grading_meta(c).get("kind") == "setup"}
-    cells = [{"label": f"setup cell {sid}", "source": _clean(src), "questions": []} for sid, src in released_setup.items()]
+    cells = [{"label": f"setup cell {sid}", "source": src, "questions": []} for sid, src in released_setup.items()]
     answer_ids = {grading_meta(c)["id"]: grading_meta(c)["questions"] for c in release.cells if grading_meta(c).get("kind") == "answer"}
     seen: dict[str, int] = {}
     added = 0
@@ -310,7 +351,7 @@ def plan_cells(release: nbformat.NotebookNode, submitted: nbformat.NotebookNode,
                 for q in answer_ids[cid]:
                     if q in notes:
                         notes[q].append(f"its answer cell had been turned into a {cell.cell_type} cell; it was run as code")
-            cells.append({"label": f"answer cell {cid} (cell {i})", "source": _clean(cell.source), "questions": answer_ids[cid]})
+            cells.append({"label": f"answer cell {cid} (cell {i})", "source": cell.source, "questions": answer_ids[cid]})
             defined.update({n: cell.source for n in defined_names(cell.source)})
         elif kind == "setup" and cid in released_setup:
             if cell.source.strip() != released_setup[cid].strip():
@@ -318,7 +359,7 @@ def plan_cells(release: nbformat.NotebookNode, submitted: nbformat.NotebookNode,
                                "were not run: put your own code in a new cell")
         elif cell.cell_type == "code" and kind not in KINDS:
             added += 1
-            cells.append({"label": f"added cell {i}", "source": _clean(cell.source), "questions": []})
+            cells.append({"label": f"added cell {i}", "source": cell.source, "questions": []})
             defined.update({n: cell.source for n in defined_names(cell.source)})
     for cid, qs in sorted(answer_ids.items()):
         for q in qs:
@@ -330,11 +371,8 @@ def plan_cells(release: nbformat.NotebookNode, submitted: nbformat.NotebookNode,
                 notes[q].append(f"its answer cell appears {seen[cid]} times; they ran in order, so the last definition counts")
     if added:
         general.append(f"{added} cell(s) you added were run too, in notebook order")
-    copies = {}
-    for q in questions:
-        ref = (references or {}).get(q)
-        node = definitions(_clean(defined[q])).get(q) if q in defined else None
-        if ref and node is not None and ref[1] >= MIN_COPY_NODES and normalized(node)[0] == ref[0]:
-            copies[q] = (f"{q}: FLAGGED for the instructor: its syntax tree, with names normalised, is the reference solution's "
-                         "(the points stand until someone has looked)")
-    return Plan(cells, notes, general, copies)
+    answers = {q: src for q, src in defined.items() if q in questions}
+    copies = copy_flags(answers, references or {})
+    nodes = {q: definitions(as_python(src)).get(q) for q, src in answers.items()}
+    forms = {q: list(normalized(node)) for q, node in nodes.items() if node is not None}
+    return Plan(cells, notes, general, copies, forms)

@@ -1,14 +1,16 @@
-"""Run one submission's harness in a sandbox: bubblewrap where installed, resource limits always.
+"""Start and drive one submission's run (``inside/``): bubblewrap where installed, resource limits always.
 
 With bubblewrap the process sees a read-only system, the Python installation, a copy of
 the ``ddpmkit`` package without the functions the students write (``sanitize.py``) and
-without ``grading/``, and two RAM disks of fixed size: /tmp and its working folder
-/sandbox. It has no network, no other users' files, and runs as ``nobody``
-in fresh user, PID, IPC and network namespaces. Without bubblewrap only the limits apply,
-and every report says that the submission was NOT isolated.
+with only ``grading/inside`` of the grader, and three RAM disks of fixed size: /tmp, its
+working folder /sandbox, and /dev/shm in a /dev of its own. It has no network, no other
+users' files, and runs as ``nobody`` in fresh user, PID, IPC and network namespaces.
+Without bubblewrap only the limits apply, and every report says that the submission was
+NOT isolated.
 
-Either way the harness itself installs a seccomp filter that forbids new processes, so a
-fork bomb or ``os.system`` fails inside the student's cell instead of on the machine.
+Either way the run installs a seccomp filter (``inside/confine.py``) that refuses new
+processes, namespaces and mounts, so a fork bomb, ``os.system`` or a private tmpfs fails
+inside the student's cell instead of on the machine.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import select
+import selectors
 import shutil
 import signal
 import struct
@@ -28,10 +31,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from .harness import MAX_HEADER, apply_limits
+from .inside.confine import apply_limits
+from .inside.wire import MAX_OUTPUT, FrameReader
 from .sanitize import PACKAGE
 
 Isolation = Literal["auto", "bwrap", "none"]
+MAX_RESULT_BYTES = MAX_OUTPUT + (1 << 20)  # a frame from a run larger than this is refused before it is read
 NOT_ISOLATED = (
     "NOT ISOLATED: submissions run without bubblewrap, with resource limits only, and can read and write "
     "whatever this user can. Install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap) and grade with --sandbox auto."
@@ -51,6 +56,7 @@ class Limits:
     file_mb: int = 256  # largest file the run may write
     tmp_mb: int = 256  # size of the sandbox's /tmp (a RAM disk)
     work_mb: int = 256  # size of its working folder /sandbox (a RAM disk)
+    shm_mb: int = 16  # size of its /dev/shm (a RAM disk of its own)
     output_kb: int = 64  # stdout + stderr kept for the feedback; the rest is counted and dropped
 
     def __post_init__(self):
@@ -135,7 +141,8 @@ def bwrap_command(root: Path, limits: Limits, argv: list[str]) -> list[str]:
     over the real package, sized RAM disks for /tmp and the working folder, nothing else."""
     cmd = [bwrap_path(), "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
            "--uid", "65534", "--gid", "65534", "--hostname", "sandbox",
-           "--proc", "/proc", "--dev", "/dev", "--size", str(limits.tmp_mb << 20), "--tmpfs", "/tmp"]  # /tmp first: later binds may lie under it
+           "--proc", "/proc", "--dev", "/dev", "--size", str(limits.shm_mb << 20), "--tmpfs", "/dev/shm",
+           "--size", str(limits.tmp_mb << 20), "--tmpfs", "/tmp"]  # /tmp first: later binds may lie under it
     for p in ("/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin", "/etc"):
         if os.path.islink(p):
             cmd += ["--symlink", os.readlink(p), p]
@@ -145,7 +152,6 @@ def bwrap_command(root: Path, limits: Limits, argv: list[str]) -> list[str]:
         if not str(r).startswith(("/usr/", "/etc/")):
             cmd += ["--ro-bind", str(r), str(r)]
     cmd += ["--ro-bind", str(root / "ddpmkit"), str(PACKAGE)]  # the answers are not in this copy
-    cmd += ["--ro-bind", str(root / "harness.py"), "/harness/harness.py"]
     cmd += ["--size", str(limits.work_mb << 20), "--tmpfs", "/sandbox", "--chdir", "/sandbox", "--remount-ro", "/"]
     return cmd + argv
 
@@ -155,6 +161,7 @@ def sandbox_env(home: str, seed: int, pythonpath: str | None = None) -> dict[str
         "PATH": "/usr/bin:/bin", "HOME": home, "TMPDIR": "/tmp" if pythonpath is None else home, "LANG": "C.UTF-8",
         "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
         "MPLBACKEND": "Agg", "MPLCONFIGDIR": f"{home}/.mpl", "CUDA_VISIBLE_DEVICES": "",
+        "IPYTHONDIR": ("/tmp" if pythonpath is None else home) + "/.ipython",  # not in the notebook's folder
         "PYTHONDONTWRITEBYTECODE": "1", "DDPMKIT_PROFILE": "smoke", "TQDM_DISABLE": "1",
         "PYTHONHASHSEED": "0",  # the same for every run, forked or not: reproducible set and dict orders
     }
@@ -164,103 +171,120 @@ def sandbox_env(home: str, seed: int, pythonpath: str | None = None) -> dict[str
 
 
 class Session:
-    """One sandboxed harness process and its two pipes (see ``harness.py``).
+    """One sandboxed run and its pipes, driven by one selector loop: every write to the run and
+    every read from it has a deadline, so a run that stops reading, floods, or says nothing
+    costs at most the time it was given.
 
-    ``send`` writes a frame; ``receive(deadline)`` reads one, or returns None when the
-    process ended or the deadline passed (``timed_out`` says which). Everything the
-    process prints is drained in a thread; the first ``output_kb`` are kept."""
+    ``send(frame, deadline)`` queues a frame and writes it; ``receive(deadline)`` returns the
+    next frame (header, arrays), or None when the run ended or the deadline passed
+    (``timed_out`` says which). What the run prints is drained by the same loop; the first
+    ``output_kb`` are kept."""
 
     def __init__(self, root: Path, limits: Limits, isolation: Literal["bwrap", "none"], seed: int, zygote: Zygote | None = None):
         self.limits, self.timed_out, self.t0 = limits, False, time.monotonic()
         self.zygote, self.proc, self.scratch = zygote, None, None
         if zygote is not None:  # a forked run: its own namespaces and RAM disks, no new interpreter
-            self.pid, self.req_w, self.res_r, out_r, self.status_r = zygote.spawn(limits)
-            self.out = os.fdopen(out_r, "rb", buffering=0)
+            self.pid, self.req_w, self.res_r, self.out_r, self.status_r = zygote.spawn(limits)
         else:
-            req_r, self.req_w = os.pipe()
-            self.res_r, res_w = os.pipe()
-            harness_args = [str(req_r), str(res_w)]
-            if isolation == "bwrap":
-                argv = bwrap_command(root, limits, [sys.executable, "-s", "-P", "-u", "/harness/harness.py", *harness_args])
-                env, cwd = sandbox_env("/sandbox", seed), None
-            else:
-                self.scratch = Path(tempfile.mkdtemp(prefix="ddpmkit-grade-"))
-                argv = [sys.executable, "-s", "-P", "-u", str(root / "harness.py"), *harness_args]
-                env, cwd = sandbox_env(str(self.scratch), seed, pythonpath=str(root)), str(self.scratch)
-            self.proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                         stderr=subprocess.STDOUT, preexec_fn=_limit_fn(limits), start_new_session=True,  # noqa: PLW1509 - rlimits only
-                                         pass_fds=(req_r, res_w))
-            os.close(req_r)
-            os.close(res_w)
-            self.out = self.proc.stdout
+            self._start_process(root, limits, isolation, seed)
+        self.reader, self.pending, self.closed = FrameReader(MAX_RESULT_BYTES), bytearray(), False
         self.kept, self.total = bytearray(), 0
-        self.reader = threading.Thread(target=self._drain, daemon=True)
-        self.reader.start()
-        self.buf = bytearray()
+        self.sel = selectors.DefaultSelector()
+        for fd in (self.req_w, self.res_r, self.out_r):
+            os.set_blocking(fd, False)
+        self.sel.register(self.res_r, selectors.EVENT_READ)
+        self.sel.register(self.out_r, selectors.EVENT_READ)
 
-    def _drain(self) -> None:  # read everything so a flood never blocks the child; keep the head
-        while chunk := self.out.read(65536):
-            self.total += len(chunk)
-            room = self.limits.output_kb * 1024 - len(self.kept)
-            if room > 0:
-                self.kept.extend(chunk[:room])
+    def _start_process(self, root: Path, limits: Limits, isolation: str, seed: int) -> None:
+        req_r, self.req_w = os.pipe()
+        self.res_r, res_w = os.pipe()
+        run = ["-m", "ddpmkit.grading.inside", str(req_r), str(res_w)]
+        if isolation == "bwrap":
+            argv = bwrap_command(root, limits, [sys.executable, "-s", "-P", "-u", *run])
+            env, cwd = sandbox_env("/sandbox", seed), None
+        else:
+            self.scratch = Path(tempfile.mkdtemp(prefix="ddpmkit-grade-"))
+            argv = [sys.executable, "-s", "-P", "-u", *run]
+            env, cwd = sandbox_env(str(self.scratch), seed, pythonpath=str(root)), str(self.scratch)
+        self.proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, preexec_fn=_limit_fn(limits), start_new_session=True,  # noqa: PLW1509 - rlimits only
+                                     pass_fds=(req_r, res_w))
+        os.close(req_r)
+        os.close(res_w)
+        self.out_r = self.proc.stdout.fileno()
 
-    def send(self, frame: bytes) -> bool:
-        try:
-            view = memoryview(frame)
-            while view:
-                view = view[os.write(self.req_w, view):]
-            return True
-        except OSError:  # the process has gone
-            return False
-
-    def _fill(self, n: int, deadline: float) -> bool:
-        while len(self.buf) < n:
+    def _pump(self, deadline: float, done) -> bool:
+        """Write what is queued, read results and output, until ``done()`` (True), the deadline
+        (False, ``timed_out``) or the run's end (False)."""
+        while not done():
+            if self.closed:
+                return False
             left = deadline - time.monotonic()
             if left <= 0:
                 self.timed_out = True
                 return False
-            ready, _, _ = select.select([self.res_r], [], [], left)
-            if not ready:
-                continue
-            chunk = os.read(self.res_r, 1 << 20)
-            if not chunk:
-                return False
-            self.buf.extend(chunk)
+            if self.pending and self.req_w not in self.sel.get_map():
+                self.sel.register(self.req_w, selectors.EVENT_WRITE)
+            for key, _ in self.sel.select(min(left, 1.0)):
+                self._ready(key.fd)
         return True
 
-    def receive(self, deadline: float, max_bytes: int) -> bytes | None:
-        """The next frame's bytes (header length, header, arrays), or None (ended, timed out).
-        Raises ``FrameError`` for a frame that is malformed or larger than ``max_bytes``."""
-        if not self._fill(4, deadline):
-            return None
-        (n,) = struct.unpack(">I", self.buf[:4])
-        if n > MAX_HEADER:
-            raise FrameError(f"a frame header of {n} bytes")
-        if not self._fill(4 + n, deadline):
-            return None
+    def _ready(self, fd: int) -> None:
         try:
-            header = json.loads(bytes(self.buf[4 : 4 + n]))
-            total = sum(int(a[2]) for a in header["arrays"]) if isinstance(header, dict) and isinstance(header.get("arrays"), list) else 0
-        except (ValueError, TypeError, KeyError, IndexError, RecursionError) as exc:
-            raise FrameError(f"an unreadable frame header ({type(exc).__name__})") from None
-        if total < 0 or total > max_bytes:
-            raise FrameError(f"a frame of {total / 2**20:.0f} MB, over the {max_bytes >> 20} MB the grader reads")
-        if not self._fill(4 + n + total, deadline):
-            return None
-        frame = bytes(self.buf[: 4 + n + total])
-        del self.buf[: 4 + n + total]
-        return frame
+            if fd == self.req_w:
+                del self.pending[: os.write(fd, self.pending[: 1 << 16])]
+                if not self.pending:
+                    self.sel.unregister(fd)
+                return
+            chunk = os.read(fd, 1 << 20)
+        except BlockingIOError:
+            return
+        except OSError:  # a broken pipe: the run has gone
+            self.closed, chunk = True, b""
+        if fd == self.res_r and chunk:
+            self.reader.feed(chunk)
+        elif fd == self.out_r and chunk:
+            self.total += len(chunk)
+            self.kept += chunk[: max(0, self.limits.output_kb * 1024 - len(self.kept))]
+        elif not chunk:
+            self.sel.unregister(fd)
+            self.closed = self.closed or fd == self.res_r
+
+    def send(self, frame: bytes, deadline: float) -> bool:
+        """Queue ``frame`` and write it, reading and draining meanwhile; False when the run
+        ended or the deadline passed before all of it was written."""
+        self.pending += frame
+        return self._pump(deadline, lambda: not self.pending)
+
+    def receive(self, deadline: float) -> tuple[dict, list] | None:
+        """The next frame, or None (ended, timed out). Raises ``FrameError`` for a frame that is
+        malformed or larger than the grader reads."""
+        box = []
+
+        def got() -> bool:
+            if not box and (frame := self.reader.next()) is not None:
+                box.append(frame)
+            return bool(box)
+
+        if self._pump(deadline, got) or got():
+            return box[0]
+        return None
 
     def close(self) -> RunResult:
         returncode = self._close_forked() if self.zygote is not None else self._close_process()
-        self.reader.join(timeout=5)
-        for fd in (self.req_w, self.res_r):
+        end = time.monotonic() + 2  # what it printed last
+        while self.out_r in self.sel.get_map() and time.monotonic() < end:
+            for key, _ in self.sel.select(0.1):
+                if key.fd == self.out_r:
+                    self._ready(key.fd)
+        self.sel.close()
+        for fd in (self.req_w, self.res_r) if self.proc is not None else (self.req_w, self.res_r, self.out_r):
             try:
                 os.close(fd)
             except OSError:
                 pass
-        self.out.close()
+        if self.proc is not None:
+            self.proc.stdout.close()  # owns out_r
         if self.scratch is not None:
             shutil.rmtree(self.scratch, ignore_errors=True)
         return RunResult(None if self.timed_out else returncode, self.timed_out, time.monotonic() - self.t0,
@@ -273,7 +297,7 @@ class Session:
             except subprocess.TimeoutExpired:
                 pass
         try:
-            os.killpg(self.proc.pid, signal.SIGKILL)  # the whole session: bwrap, or the harness and anything it left
+            os.killpg(self.proc.pid, signal.SIGKILL)  # the whole session: bwrap, or the run and anything it left
         except ProcessLookupError:
             pass
         self.proc.wait()
@@ -302,7 +326,7 @@ class ZygoteError(RuntimeError):
 
 class Zygote:
     """One sandbox with Python, NumPy, PyTorch and the withheld ddpmkit already imported,
-    forking one run per submission (``harness.zygote_main``). Starting an interpreter and
+    forking one run per submission (``inside.runloop.zygote_main``). Starting an interpreter and
     importing torch is most of a fresh sandbox's cost; a forked run skips it and still gets
     what a fresh bubblewrap gives: its own user, mount, PID, network and IPC namespaces,
     its own RAM disks for /tmp and /sandbox, a /proc that shows only itself, its limits,
@@ -313,7 +337,7 @@ class Zygote:
 
         self.limits, self.lock = limits, threading.Lock()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        argv = bwrap_command(root, limits, [sys.executable, "-s", "-P", "-u", "/harness/harness.py", "--zygote", str(theirs.fileno())])
+        argv = bwrap_command(root, limits, [sys.executable, "-s", "-P", "-u", "-m", "ddpmkit.grading.inside", "--zygote", str(theirs.fileno())])
         self.log = tempfile.TemporaryFile()  # noqa: SIM115 - open for the zygote's life: what it says, for an error message
         self.proc = subprocess.Popen(argv, env=sandbox_env("/sandbox", 0), stdin=subprocess.DEVNULL, stdout=self.log,
                                      stderr=subprocess.STDOUT, start_new_session=True, pass_fds=(theirs.fileno(),))
@@ -331,7 +355,7 @@ class Zygote:
         st_r, st_w = os.pipe()
         msg = {"t": "spawn", "isolate": True, "cwd": "/sandbox",
                "limits": {"memory_gb": limits.memory_gb, "cpu_seconds": limits.cpu_seconds, "file_mb": limits.file_mb,
-                          "tmp_mb": limits.tmp_mb, "work_mb": limits.work_mb, "nproc": _user_tasks() + limits.processes}}
+                          "tmp_mb": limits.tmp_mb, "work_mb": limits.work_mb, "shm_mb": limits.shm_mb, "nproc": _user_tasks() + limits.processes}}
         try:
             with self.lock:
                 socket.send_fds(self.ctl, [json.dumps(msg).encode()], [req_r, res_w, out_w, st_w])
@@ -363,5 +387,4 @@ class Zygote:
         self.log.close()
 
 
-class FrameError(Exception):
-    """The sandbox sent bytes that are not a frame the grader reads."""
+

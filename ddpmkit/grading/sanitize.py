@@ -7,7 +7,7 @@ alias, a lambda or ``def`` wrapper, ``importlib``, ``getattr`` on strings,
 executed. So the sandbox does not get the real package: it gets a copy in which the body
 of every function an assignment lists in ``Assignment.library`` is replaced by a
 ``raise`` saying "this is the function you are asked to write". Everything else in the
-copy is the library itself. ``grading/`` is left empty: the questions are not there.
+copy is the library itself. Of ``grading/`` only ``grading/inside`` is there: the questions are not.
 """
 
 from __future__ import annotations
@@ -78,7 +78,8 @@ NOT_IN_SANDBOX = ("__pycache__", "grading", "assignments")
 
 @cache
 def sanitized_root(library: tuple[str, ...]) -> Path:
-    """A folder holding ``ddpmkit/`` (the withheld copy) and ``harness.py``; made once per
+    """A folder holding ``ddpmkit/``: the withheld copy, with ``grading/inside`` (the run) and
+    nothing else of ``grading/``; made once per
     process and per set of withheld functions, removed when the process exits."""
     root = Path(tempfile.mkdtemp(prefix="ddpmkit-sandbox-"))
     weakref.finalize(sanitized_root, shutil.rmtree, root, True)
@@ -92,6 +93,9 @@ def sanitized_root(library: tuple[str, ...]) -> Path:
 
     shutil.copytree(PACKAGE, pkg, ignore=shutil.ignore_patterns(*NOT_IN_SANDBOX), copy_function=link_or_copy)
     (pkg / "grading").mkdir()
+    (pkg / "grading" / "__init__.py").write_text('"""In the sandbox only what runs there: ``inside``, copied whole."""\n')
+    shutil.copytree(PACKAGE / "grading" / "inside", pkg / "grading" / "inside", ignore=shutil.ignore_patterns("__pycache__"),
+                    copy_function=link_or_copy)
     by_file: dict[Path, dict[str, str]] = {}
     for path in library:
         f, qual = _split(path)
@@ -100,7 +104,6 @@ def sanitized_root(library: tuple[str, ...]) -> Path:
         out = pkg / f.relative_to(PACKAGE)
         out.unlink()  # a hard link: never write through it
         out.write_text(blank_source(f.read_text(), quals, str(f)))
-    shutil.copy2(Path(__file__).with_name("harness.py"), root / "harness.py")
     for p in [root, *root.rglob("*")]:
         p.chmod(0o755 if p.is_dir() else 0o644)
     return root

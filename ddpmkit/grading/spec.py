@@ -7,7 +7,7 @@ and a hidden check judge an answer by exactly the same rule.
 
 from __future__ import annotations
 
-import json
+import contextlib
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,11 +16,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from .harness import TOY_WEIGHTS, invoke, output_arrays, toy_classes
+from .inside.answers import invoke, output_arrays
+from .inside.toys import TOYS
+from .inside.wire import encode
 from .tolerance import RUNS, RoundingNoise, perturb_input, tolerance
 
-TOY_CLASSES = toy_classes()  # kind on the wire -> the stand-in network's class
-ToyModel = TOY_CLASSES["toy"]
 SELF_CHECK_SEED = 1234  # the self-checks' visible inputs; the grader never reuses one of their cases
 
 
@@ -34,7 +34,7 @@ class AsNumpy:
 
 @dataclass
 class Toy:
-    """An argument passed as a ``ToyModel`` with these weights (see ``harness.toy_model_class``)."""
+    """An argument passed as a ``ToyModel`` with these weights (see ``inside/toys.py``)."""
 
     W: np.ndarray  # (D, D)
     c: np.ndarray  # (T, D)
@@ -43,7 +43,7 @@ class Toy:
 
 @dataclass
 class ToyClassifier:
-    """An argument passed as a ``ToyClassifier`` (see ``harness.toy_classifier_class``)."""
+    """An argument passed as a ``ToyClassifier`` (see ``inside/toys.py``)."""
 
     W: np.ndarray  # (D, H)
     c: np.ndarray  # (T, H)
@@ -55,13 +55,7 @@ TOY_KINDS = {Toy: "toy", ToyClassifier: "classifier"}  # argument class -> its k
 
 def toy_weights(a) -> list[np.ndarray | None]:
     """The weights of a stand-in network argument, in its constructor's order."""
-    return [getattr(a, k) for k in TOY_WEIGHTS[TOY_KINDS[type(a)]]]
-
-
-def toy_from_wire(kind: str, arrays: dict | list, index: dict):
-    """The argument dataclass of a stand-in network read back from the wire (helper calls)."""
-    cls = next(c for c, k in TOY_KINDS.items() if k == kind)
-    return cls(*(arrays[int(index[k])] if index.get(k) is not None else None for k in TOY_WEIGHTS[kind]))
+    return [getattr(a, k) for k in TOYS[TOY_KINDS[type(a)]].WEIGHTS]
 
 
 @dataclass
@@ -88,6 +82,7 @@ class Question:
     any_float: bool = False  # a float answer of any precision counts (metrics, not tensors)
     uses: tuple[str, ...] = ()  # other questions' functions this answer calls: graded with the reference in their place
     grad: bool = False  # the output must carry gradients to the stand-in network's parameters (a training loss)
+    no_grad: bool = False  # the notebook says it must work when its caller runs without gradients: called under torch.no_grad()
     argmin: tuple[int, int] | None = None  # (labels output, scores output): a label whose score ties the best counts
 
     @property
@@ -130,17 +125,34 @@ def materialize(a, dtype: torch.dtype | None = None, rng: np.random.Generator | 
     if isinstance(a, AsNumpy):
         return arr(a.array)
     if type(a) in TOY_KINDS:
-        return TOY_CLASSES[TOY_KINDS[type(a)]](*(torch.from_numpy(arr(w)) if w is not None else None for w in toy_weights(a)))
+        return TOYS[TOY_KINDS[type(a)]](*(torch.from_numpy(arr(w)) if w is not None else None for w in toy_weights(a)))
     return a
 
 
-def call(q: Question, fn, case: Case, dtype: torch.dtype | None = None, rng: np.random.Generator | None = None):
-    """Call ``fn`` (a function or, for a module question, a class) on ``case``."""
+def call(q: Question, fn, case: Case, dtype: torch.dtype | None = None, rng: np.random.Generator | None = None, args=None):
+    """Call ``fn`` (a function or, for a module question, a class) on ``case`` (or on ``args``,
+    its materialized arguments), under ``torch.no_grad()`` when the question says callers may."""
     state = {k: materialize(v, dtype, rng) for k, v in (case.state or {}).items()}
-    args = [materialize(a, dtype, rng) for a in case.args]
-    if q.module and dtype is torch.float64:  # the module in float64 before its weights are loaded
-        return invoke(lambda *init: fn(*init).double(), args, state, module=True)
-    return invoke(fn, args, state, q.module)
+    args = [materialize(a, dtype, rng) for a in case.args] if args is None else args
+    with torch.no_grad() if q.no_grad else contextlib.nullcontext():
+        if q.module and dtype is torch.float64:  # the module in float64 before its weights are loaded
+            return invoke(lambda *init: fn(*init).double(), args, state, module=True)
+        return invoke(fn, args, state, q.module)
+
+
+def rule_violation(q: Question, types: list[str], mutated: list[int], grad: str | None) -> str | None:
+    """The notebook's rules, whatever type the answer returned: inputs are not changed in place,
+    and a training loss carries gradients to the network. The message, or None."""
+    if mutated:
+        which = ", ".join(str(i + 1) for i in mutated)
+        return f"it modified its input argument(s) {which} in place; work on copies (x = x + ..., not x += ...)"
+    if q.grad and grad != "ok":  # a NumPy value or a float cannot train either
+        kind = types[0] if types else "value"
+        why = (f"it returned a {kind}, not a tensor that requires grad (was it detached, computed under torch.no_grad(), "
+               "or turned into a float or a NumPy value?)") if grad != "zero" \
+            else "back-propagating the loss gives the network's parameters no gradient"
+        return f"the loss cannot train the network: {why}"
+    return None
 
 
 to_arrays = output_arrays  # one reading of return values, here and in the sandbox
@@ -286,26 +298,11 @@ def judge_with_hint(q: Question, exp: Expected, got: list[np.ndarray], types: li
     return ok, msg
 
 
-# ---- transport of inputs to the sandbox: a JSON index and raw bytes, never a pickle ----------
+# ---- transport of inputs to the sandbox: the wire's one codec, never a pickle --------------------
 def encode_case(case: Case) -> tuple[dict, list[np.ndarray]]:
-    """The JSON description of one call and the arrays it carries; an array argument is
-    described by its position in that list (``harness.main`` reads it back)."""
+    """The JSON description of one call and the arrays it carries: each argument as the
+    student's function receives it (``materialize``), through ``inside.wire.encode``."""
     arrays: list[np.ndarray] = []
-
-    def put(a: np.ndarray) -> int:
-        arrays.append(np.ascontiguousarray(a))
-        return len(arrays) - 1
-
-    def spec(a):
-        if isinstance(a, np.ndarray):
-            return {"tensor": put(a)}
-        if isinstance(a, AsNumpy):
-            return {"numpy": put(a.array)}
-        if type(a) in TOY_KINDS:
-            kind = TOY_KINDS[type(a)]
-            return {kind: {k: put(w) if w is not None else None for k, w in zip(TOY_WEIGHTS[kind], toy_weights(a))}}
-        json.dumps(a)  # a plain value must be JSON
-        return {"value": a}
-
-    args = [spec(a) for a in case.args]
-    return {"args": args, "state": {k: put(v) for k, v in (case.state or {}).items()}}, arrays
+    args = [encode(materialize(a), arrays) for a in case.args]
+    state = encode({k: materialize(v) for k, v in case.state.items()}, arrays) if case.state else None
+    return {"args": args, "state": state}, arrays
