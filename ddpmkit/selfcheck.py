@@ -27,7 +27,7 @@ def check(fn) -> None:
     """Check ``fn`` (a function or class a question asks for, found by its name) and print
     the verdict; ``passed(name)`` tells afterwards whether every case matched."""
     from .grading.inside.answers import array_values, gradient_state, mutated_args, scalar_types
-    from .grading.spec import SELF_CHECK_SEED, call, expected_outputs, judge_with_hint, materialize, rule_violation, to_arrays
+    from .grading.spec import SELF_CHECK_SEED, call, describe_case, expected_outputs, judge_with_hint, materialize, rule_violation, to_arrays
 
     name = getattr(fn, "__name__", None)
     q = _find(name)
@@ -49,7 +49,7 @@ def check(fn) -> None:
             return
         ok, msg = (False, broken) if broken else judge_with_hint(q, expected_outputs(q, case, seed=k), got, types)
         if not ok:
-            print(f"✗ {where}: {msg}")
+            print(f"✗ {where}: {msg}\n  inputs: {describe_case(q, case)}")
             return
     print(f"✓ {name}: all {len(cases)} cases match the reference")
     _passed[name] = True

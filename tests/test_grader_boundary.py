@@ -567,3 +567,25 @@ def test_copy_flags_rarely_touch_independent_work_and_catch_the_pasted_solution(
     print(f"false flags: {len(flagged)} of {honest} independent answers; pasted solutions flagged: {pasted}")
     assert honest >= 60 and len(flagged) <= honest / 20, flagged
     assert pasted >= 6  # the questions whose solution is large or carries a distinctive comment
+
+
+# ---- 6. feedback a student can act on ----------------------------------------------------------------------
+@pytest.mark.parametrize("seed", range(4))
+def test_precision_is_named_only_within_lower_precision_rounding(seed):
+    """Values rounded to float16 or bfloat16 are called a precision problem; values off by
+    more than that rounding can do are called wrong, with how far off they are."""
+    import numpy as np
+    import torch
+
+    from ddpmkit.grading.spec import expected_outputs, judge
+
+    q = ASSIGNMENTS["a1"].question("q_sample")
+    case = q.cases(np.random.default_rng(seed))[0]
+    exp = expected_outputs(q, case, seed)
+    e = exp.values[0]
+    for dtype in (torch.float16, torch.bfloat16):
+        got = torch.from_numpy(e).to(dtype).float().numpy()
+        ok, msg = judge(q, exp, [got])
+        assert not ok and "16 rounding does to this computation" in msg and "a precision problem" in msg, msg
+    ok, msg = judge(q, exp, [(e * 1.2).astype(np.float32)])  # 20% off: more than bfloat16 arithmetic does here
+    assert not ok and "a wrong value, not rounding" in msg and "precision" not in msg, msg

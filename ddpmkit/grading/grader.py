@@ -47,7 +47,7 @@ from .assignments import Assignment, get_assignment, hidden_cases
 from .inside.wire import FrameError, decode, encode, pack
 from .sandbox import NOT_ISOLATED, Isolation, Limits, Session, Zygote, ZygoteError, resolve_isolation
 from .sanitize import sanitized_root
-from .spec import REFERENCE_LOCK, Case, Expected, Question, encode_case, expected_outputs, judge_with_hint, rule_violation
+from .spec import REFERENCE_LOCK, Case, Expected, Question, describe_case, encode_case, expected_outputs, judge_with_hint, rule_violation
 
 CUDA_HINT = " The grader has no GPU: use the device of your inputs (x.device) instead of .cuda() or 'cuda'."
 FAILED_FILE = "not graded: the grader failed on this file"
@@ -442,7 +442,8 @@ class QuestionResult:
         return sum(c["ok"] for c in self.cases)
 
 
-def score(a: Assignment, expected: dict[str, list[Expected]], tr: Transcript, plan: notebooks.Plan | None) -> dict[str, QuestionResult]:
+def score(a: Assignment, cases: dict[str, list[Case]], expected: dict[str, list[Expected]], tr: Transcript,
+          plan: notebooks.Plan | None) -> dict[str, QuestionResult]:
     results = {}
     for q in a.questions:
         r = QuestionResult(q.name, len(expected[q.name]), notes=list(plan.notes.get(q.name, [])) if plan else [])
@@ -452,7 +453,7 @@ def score(a: Assignment, expected: dict[str, list[Expected]], tr: Transcript, pl
                 r.cases.append({"ok": False, "message": tr.failures.get(q.name, "not graded")})
             else:
                 ok, msg = case_verdict(q, exp, ans)
-                r.cases.append({"ok": ok, "message": msg})
+                r.cases.append({"ok": ok, "message": msg if ok else f"{msg} [inputs: {describe_case(q, cases[q.name][k])}]"})
         if tr.helpers.get(q.name):
             r.notes.append(f"graded with the reference {', '.join(q.uses)} in place of yours (called {tr.helpers[q.name]} times), "
                            "so a mistake there costs only its own question")
@@ -534,7 +535,7 @@ def grade_submission(
         feedback["notes"] += tr.notes
         feedback["cells"] = [{"cell": c.label, "error": c.error, "traceback": c.traceback} for c in tr.cells]
         feedback["output"] = tr.output
-    results = score(assignment, expected, tr, plan)  # 5.
+    results = score(assignment, cases, expected, tr, plan)  # 5.
     return _finish(feedback, results, t0, status)
 
 

@@ -19,7 +19,7 @@ import torch
 from .inside.answers import invoke, output_arrays
 from .inside.toys import TOYS
 from .inside.wire import encode
-from .tolerance import RUNS, RoundingNoise, perturb_input, tolerance
+from .tolerance import RUNS, SAFETY, U32, RoundingNoise, perturb_input, tolerance
 
 SELF_CHECK_SEED = 1234  # the self-checks' visible inputs; the grader never reuses one of their cases
 
@@ -228,10 +228,13 @@ def case_key(case: Case) -> str:
 SCALARS = ("float", "int", "bool")  # Python types an answer may return where a tensor is asked for
 
 
-def _digits(err: np.ndarray, e: np.ndarray) -> float:
-    """Significant digits the answer shares with the reference, relative to the output's scale."""
+LOWER_PRECISIONS = (("float16", 2.0**-11), ("bfloat16", 2.0**-8))  # unit roundoffs, finest first
+
+
+def _digits_off(err: np.ndarray, e: np.ndarray) -> str:
+    """The largest error relative to the output's scale, in words."""
     scale = float(np.abs(e).max()) if e.size else 0.0
-    return float(-np.log10(max(float(err.max()) / (scale + 1e-300), 1e-17)))
+    return f"{100 * float(err.max()) / (scale + 1e-300):.2g}%"
 
 
 def judge(q: Question, exp: Expected, got: list[np.ndarray], types: list[str] | None = None) -> tuple[bool, str]:
@@ -282,11 +285,13 @@ def judge(q: Question, exp: Expected, got: list[np.ndarray], types: list[str] | 
         where = f"at index {tuple(int(j) for j in k)} " if ratio.ndim else ""
         head = (f"{which} differs at {int((ratio > 1).sum())} of {g.size} entries; the worst {where}is "
                 f"{float(g[k]):.8g}, expected {float(e[k]):.8g} (error {float(err[k]):.2g}, allowed {float(tol[k]):.2g})")
-        digits = _digits(err, e)
-        if digits >= 2:
-            return False, head + (f". The values agree to about {digits:.0f} significant digits but not to the rounding of a float32 "
-                                  "computation: most likely a precision problem (float16/bfloat16 arithmetic, a rounded constant such as 3.14) "
-                                  "rather than a wrong formula")
+        worst = float(ratio.max())
+        for name, unit in LOWER_PRECISIONS:  # within what that precision's rounding does to this case's formula?
+            if worst <= unit / U32 / SAFETY * 4:
+                return False, head + (f". The error is within what {name} rounding does to this computation (at most "
+                                      f"{worst:.0f} times the float32 tolerance): most likely a precision problem ({name} "
+                                      "arithmetic, a rounded constant such as 3.14) rather than a wrong formula")
+        return False, head + f". The values are off by {_digits_off(err, e)} of the output's scale: a wrong value, not rounding"
         return False, head
     return True, "matches"
 
@@ -296,6 +301,31 @@ def judge_with_hint(q: Question, exp: Expected, got: list[np.ndarray], types: li
     if not ok and q.hint and "Python" not in msg:
         msg += f". Hint: {q.hint}"
     return ok, msg
+
+
+def describe_case(q: Question, case: Case) -> str:
+    """A case's inputs in a line a student can act on: each argument's name, shape and dtype,
+    and its first values (a step index, a weight, a size)."""
+    import inspect
+
+    try:  # a module question: the constructor's arguments, then forward's
+        params = [p for p in inspect.signature(q.reference.forward if q.module else q.reference).parameters if p != "self"]
+    except (TypeError, ValueError):
+        params = []
+    names = ["constructor arguments", *params] if q.module else params
+    parts = []
+    for i, a in enumerate(case.args):
+        name = names[i] if i < len(names) else f"argument {i + 1}"
+        arr = a.array if isinstance(a, AsNumpy) else a
+        if isinstance(arr, np.ndarray):
+            head = ", ".join(f"{v:.4g}" if arr.dtype.kind == "f" else str(v) for v in arr.reshape(-1)[:4])
+            more = ", ..." if arr.size > 4 else ""
+            parts.append(f"{name}: {tuple(arr.shape)} {arr.dtype} [{head}{more}]")
+        elif type(a) in TOY_KINDS:
+            parts.append(f"{name}: the stand-in {TOY_KINDS[type(a)]} network")
+        else:
+            parts.append(f"{name}: {a!r}"[:80])
+    return "; ".join(parts)
 
 
 # ---- transport of inputs to the sandbox: the wire's one codec, never a pickle --------------------
