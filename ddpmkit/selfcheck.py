@@ -14,13 +14,51 @@ _passed: dict[str, bool] = {}
 
 
 def _find(name: str):
+    """(the question named ``name``, its assignment)."""
     from .grading.assignments import ASSIGNMENTS
 
     for a in ASSIGNMENTS.values():
         for q in a.questions:
             if q.name == name:
-                return q
+                return q, a
     raise ValueError(f"no assignment has a question named {name!r}; check the function's name")
+
+
+def _library_codes(paths: tuple[str, ...]) -> dict:
+    """The code objects of the library functions an assignment withholds from the grader, by name."""
+    import importlib
+
+    codes = {}
+    for path in paths:
+        parts = path.split(".")
+        for i in range(len(parts) - 1, 0, -1):
+            try:
+                obj = importlib.import_module(".".join(parts[:i]))
+            except ImportError:
+                continue
+            for attr in parts[i:]:
+                obj = getattr(obj, attr)
+            codes[obj.__code__] = path
+            break
+    return codes
+
+
+def _calls_library(fn_call, codes: dict):
+    """Run ``fn_call()`` and say which withheld library function it reached, if any."""
+    import sys
+
+    seen = []
+
+    def profile(frame, event, arg):
+        if event == "call" and frame.f_code in codes and not seen:
+            seen.append(codes[frame.f_code])
+
+    sys.setprofile(profile)
+    try:
+        out = fn_call()
+    finally:
+        sys.setprofile(None)
+    return out, (seen[0] if seen else None)
 
 
 def check(fn) -> None:
@@ -30,7 +68,8 @@ def check(fn) -> None:
     from .grading.spec import SELF_CHECK_SEED, call, describe_case, expected_outputs, judge_with_hint, materialize, rule_violation, to_arrays
 
     name = getattr(fn, "__name__", None)
-    q = _find(name)
+    q, assignment = _find(name)
+    codes = _library_codes(assignment.library)
     cases = q.cases(np.random.default_rng(SELF_CHECK_SEED))
     _passed[name] = False
     for k, case in enumerate(cases, 1):
@@ -38,7 +77,11 @@ def check(fn) -> None:
         try:
             args = [materialize(a) for a in case.args]
             before = array_values(args)
-            out = call(q, fn, case, args=args)
+            out, used = _calls_library(lambda case=case, args=args: call(q, fn, case, args=args), codes)
+            if used:
+                print(f"✗ {where}: it calls the library's {used}, the function you are asked to write; "
+                      "the grader withholds it, so this answer scores 0 there: write it yourself")
+                return
             got, types = to_arrays(out), scalar_types(out)
             broken = rule_violation(q, types, mutated_args(args, before), gradient_state(out, args) if q.grad else None)
         except NotImplementedError:

@@ -589,3 +589,47 @@ def test_precision_is_named_only_within_lower_precision_rounding(seed):
         assert not ok and "16 rounding does to this computation" in msg and "a precision problem" in msg, msg
     ok, msg = judge(q, exp, [(e * 1.2).astype(np.float32)])  # 20% off: more than bfloat16 arithmetic does here
     assert not ok and "a wrong value, not rounding" in msg and "precision" not in msg, msg
+
+
+@pytest.fixture(scope="module")
+def situations(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("situations")
+    (tmp / "a1").mkdir()
+    paths = [notebook(tmp, "a1", "renamed", replace={"q_sample": "def qsample(x0, t, noise, betas):\n    return x0\n"})]
+    script = tmp / "a1" / "script.ipynb"
+    script.write_text("# %%\nimport torch\n\n\ndef q_sample(x0, t, noise, betas):\n    return x0\n")
+    other = notebook(tmp, "a3", "other")
+    paths += [script, other.rename(tmp / "a1" / "other.ipynb")]
+    grade_batch("a1", paths, tmp / "a1.csv", jobs=2, limits=Limits(timeout=60, question_timeout=20), isolation=MODE, seed=2, progress=False)
+    return {p.stem: json.loads((tmp / "a1-feedback" / f"{p.stem}.json").read_text()) for p in paths}
+
+
+@needs_bwrap
+class TestTheSituationIsNamed:
+    def test_a_renamed_function(self, situations):
+        fb = situations["renamed"]
+        assert pts(fb) == {**F1, "q_sample": 0}
+        assert "you defined 'qsample': was it renamed? The grader calls the function by the name 'q_sample'" in msgs(fb, "q_sample")
+
+    def test_a_python_script_saved_as_a_notebook(self, situations):
+        fb = situations["script"]
+        assert fb["points"] == 0 and "this is a Python script saved with the .ipynb extension" in fb["status"], fb["status"]
+
+    def test_another_assignments_notebook(self, situations):
+        fb = situations["other"]
+        assert fb["points"] == 0 and "this is the notebook of A3 (" in fb["status"] and "submit a1_forward.ipynb" in fb["status"], fb["status"]
+
+    def test_failing_cases_show_their_inputs(self, situations):
+        assert "[inputs: x0: (16, 2) float32 [" in msgs(situations["renamed"], "q_sample")
+
+
+def test_the_self_check_warns_when_an_answer_calls_the_library(capsys):
+    """The library's own answer scores 0 in the grader; the self-check says so instead of passing it."""
+    from ddpmkit import selfcheck
+
+    ns: dict = {}
+    exec("from ddpmkit.schedules import make_betas\ndef cosine_betas(T, s=0.008):\n    return make_betas('cosine', T, cosine_s=s)\n", ns)
+    selfcheck.check(ns["cosine_betas"])
+    out = capsys.readouterr().out
+    assert "it calls the library's ddpmkit.schedules.make_betas, the function you are asked to write" in out
+    assert not selfcheck.passed("cosine_betas")

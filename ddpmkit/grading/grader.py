@@ -45,7 +45,7 @@ from ..common import atomic_write
 from . import notebooks
 from .assignments import Assignment, get_assignment, hidden_cases
 from .inside.wire import FrameError, decode, encode, pack
-from .sandbox import NOT_ISOLATED, Isolation, Limits, Session, Zygote, ZygoteError, resolve_isolation
+from .sandbox import NOT_ISOLATED, Isolation, Limits, RunResult, Session, Zygote, ZygoteError, resolve_isolation
 from .sanitize import sanitized_root
 from .spec import REFERENCE_LOCK, Case, Expected, Question, describe_case, encode_case, expected_outputs, judge_with_hint, rule_violation
 
@@ -309,6 +309,33 @@ def _run_calls(session: Session, a: Assignment, questions: list[Question], cases
     return None, None
 
 
+def _one_session(session: Session, a: Assignment, plan: notebooks.Plan, pending: list[Question], cases: dict[str, list[Case]],
+                 tr: Transcript, limits: Limits, seed: int, budget_end: float, first: bool):
+    """One run: the cells, then the calls of the pending questions. Returns (what the cells
+    did, the question during which it ended, why the frames stopped making sense, the run's end)."""
+    crashed, garbled, cells = None, None, _Cells()
+    try:
+        session.send(pack({"t": "setup", "cells": plan.cells, "seed": seed}), budget_end)
+        cells = _run_cells(session, plan, tr, budget_end, first)
+        garbled = cells.garbled
+        if cells.done:
+            crashed, garbled = _run_calls(session, a, pending, cases, tr, limits, seed, budget_end)
+            if crashed is None:
+                session.send(pack({"t": "end"}), time.monotonic() + 2)
+    finally:
+        result = session.close()
+    return cells, crashed, garbled, result
+
+
+def _ending(garbled: str | None, result: RunResult, limits: Limits, budget_end: float) -> str:
+    """How a run ended, in words for the student."""
+    if garbled:
+        return f"sent the grader {garbled} (something wrote into the harness's pipe)"
+    if result.timed_out and time.monotonic() >= budget_end - 0.5:
+        return f"used up the submission's time budget of {limits.timeout:.0f} s"
+    return result.ending(limits, min(limits.question_timeout, limits.timeout))
+
+
 def run(a: Assignment, plan: notebooks.Plan, cases: dict[str, list[Case]], limits: Limits, mode, seed: int,
         zygote: Zygote | None = None) -> Transcript:
     """Run the sandbox until every case has an answer or a reason why not (step 4).
@@ -335,17 +362,7 @@ def run(a: Assignment, plan: notebooks.Plan, cases: dict[str, list[Case]], limit
             tr.notes.append(f"graded in a fresh sandbox ({exc})")
             zygote = None
             session = Session(root, limits, mode, seed)
-        crashed, garbled = None, None
-        try:
-            session.send(pack({"t": "setup", "cells": plan.cells, "seed": seed}), budget_end)
-            cells = _run_cells(session, plan, tr, budget_end, first)
-            garbled = cells.garbled
-            if cells.done:
-                crashed, garbled = _run_calls(session, a, pending, cases, tr, limits, seed, budget_end)
-                if crashed is None:
-                    session.send(pack({"t": "end"}), time.monotonic() + 2)
-        finally:
-            result = session.close()
+        cells, crashed, garbled, result = _one_session(session, a, plan, pending, cases, tr, limits, seed, budget_end, first)
         if not cells.started and not result.timed_out:  # the sandbox itself failed: never the notebook's fault
             tail = result.output.strip().splitlines()[-1:] or ["no output"]
             if zygote is not None:
@@ -361,12 +378,7 @@ def run(a: Assignment, plan: notebooks.Plan, cases: dict[str, list[Case]], limit
             if result.output_bytes > limits.output_kb * 1024:
                 tr.notes.append(f"the notebook printed {result.output_bytes / 2**20:.1f} MB; only the first {limits.output_kb} KB are kept")
         first = False
-        if garbled:
-            ending = f"sent the grader {garbled} (something wrote into the harness's pipe)"
-        elif result.timed_out and time.monotonic() >= budget_end - 0.5:
-            ending = f"used up the submission's time budget of {limits.timeout:.0f} s"
-        else:
-            ending = result.ending(limits, min(limits.question_timeout, limits.timeout))
+        ending = _ending(garbled, result, limits, budget_end)
         if not cells.done:  # the process ended before the calls: nothing more can run
             for q in pending:
                 tr.failures[q.name] = f"not graded: the notebook {ending} while running {cells.label or 'its first cell'}"
@@ -398,6 +410,11 @@ def _lookalike(name: str, names: list[str]) -> str:
         if n != name and skeleton(n) == skeleton(name):
             odd = ", ".join(f"{c!r} (U+{ord(c):04X} {unicodedata.name(c, '?')})" for c in n if not c.isascii())
             return f"; you defined {n!r}, which differs from {name!r} only by look-alike characters: {odd}. Retype the name in plain ASCII"
+    import difflib
+
+    close = difflib.get_close_matches(name, names, n=1, cutoff=0.75)
+    if close:
+        return f"; you defined {close[0]!r}: was it renamed? The grader calls the function by the name {name!r}"
     return ""
 
 
@@ -519,6 +536,7 @@ def grade_submission(
         if sub.refused:
             raise notebooks.NotebookError(sub.refused)
         submitted, notes = notebooks.read_submission(sub.data)  # 2.
+        _refuse_other_assignment(assignment, submitted)
         feedback["notes"] += notes
         source = notebooks.assignments_dir() / "source" / assignment.source
         release = notebooks.release_cached(source, source.stat().st_mtime_ns)
@@ -537,6 +555,18 @@ def grade_submission(
         feedback["output"] = tr.output
     results = score(assignment, cases, expected, tr, plan)  # 5.
     return _finish(feedback, results, t0, status)
+
+
+def _refuse_other_assignment(assignment: Assignment, submitted) -> None:
+    """A notebook whose graded cells are all another assignment's is refused by that name."""
+    from .assignments import ASSIGNMENTS
+
+    ids = {q for c in submitted.cells for q in notebooks.grading_meta(c).get("questions", [])}
+    if ids and not ids & {q.name for q in assignment.questions}:
+        other = [a for a in ASSIGNMENTS.values() if ids & {q.name for q in a.questions}]
+        if other:
+            raise notebooks.NotebookError(f"this is the notebook of {other[0].key.upper()} ({other[0].title}), not of "
+                                          f"{assignment.key.upper()} ({assignment.title}): submit {Path(assignment.source).stem}.ipynb")
 
 
 def _finish(feedback: dict, results: dict[str, QuestionResult], t0: float, status: str) -> dict:
@@ -690,6 +720,70 @@ def grade_batch(
     (``sandbox.Zygote``); ``fork=False`` starts a fresh sandbox for every run instead.
     """
     a = get_assignment(assignment) if isinstance(assignment, str) else assignment
+    mode = _check_batch(isolation, jobs, exports)
+    out = Path(out)
+    feedback_dir = Path(feedback_dir) if feedback_dir else out.parent / f"{out.stem}-feedback"
+    feedback_dir.mkdir(parents=True, exist_ok=True)
+    rows = read_gradebook(out) if resume else {}
+    ids, todo = _batch_todo(a, submissions, shard, feedback_dir, rows, resume)
+    from tqdm.auto import tqdm
+
+    limits = limits or Limits()
+    zygote = Zygote(sanitized_root(a.library), limits) if fork and mode == "bwrap" and todo else None
+    one = _Recorder(a, out, feedback_dir, exports, rows, threading.Lock(), limits, mode, seed, zygote)
+    try:
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            futures = [pool.submit(one, sub) for sub in todo]
+            for fut in tqdm(as_completed(futures), total=len(futures), desc=f"grading {a.key}", disable=not progress):
+                fut.result()
+    finally:
+        if zygote is not None:
+            zygote.close()
+    _finish_batch(a, rows, out, feedback_dir, exports, shard, ids)
+    return rows
+
+
+@dataclass
+class _Recorder:
+    """Grades one submission of a batch and records it: a start marker, then its feedback, then
+    its gradebook row, each written atomically; the marker goes when the row is there."""
+
+    a: Assignment
+    out: Path
+    feedback_dir: Path
+    exports: tuple[str, ...]
+    rows: dict
+    lock: threading.Lock
+    limits: Limits
+    mode: str
+    seed: int | None
+    zygote: Zygote | None
+
+    def __call__(self, sub: Submission) -> dict:
+        marker = self.feedback_dir / f".{sub.student}.started"
+        atomic_write(marker, lambda f: f.write(_fingerprint(sub).encode()))
+        try:
+            try:
+                fb = grade_submission(self.a, sub, self.limits, self.mode, self.seed, self.zygote)
+            except Exception as exc:  # noqa: BLE001 - never lose the batch to one file: the row says what happened
+                fb = _failed_feedback(self.a, sub, self.mode, self.seed, exc)
+            private = fb.pop("instructor", {})
+            with self.lock:  # feedback first, then the gradebook row: a crash never leaves a row without its feedback
+                save_json(fb, self.feedback_dir / f"{fb['student']}.json")
+                save_json(private, self.feedback_dir / INSTRUCTOR_DIR / f"{fb['student']}.json")
+                for name in self.exports:
+                    EXPORTS[name](self.a, fb, self.out, self.feedback_dir)
+                self.rows[fb["student"]] = row_of(fb, private)
+                write_gradebook(self.out, self.a, self.rows)
+        except BaseException:
+            marker.unlink(missing_ok=True)  # an interruption of the grader, not the file's doing: retry it next time
+            raise
+        marker.unlink(missing_ok=True)
+        return fb
+
+
+def _check_batch(isolation: Isolation, jobs: int, exports: tuple[str, ...]) -> str:
+    """The isolation the batch runs with, after refusing what cannot apply."""
     mode = resolve_isolation(isolation)
     if mode == "none":
         print("WARNING: " + NOT_ISOLATED, file=sys.stderr)
@@ -698,9 +792,12 @@ def grade_batch(
     unknown = set(exports) - set(EXPORTS)
     if unknown:
         raise ValueError(f"unknown export {', '.join(sorted(unknown))}; choose among {', '.join(EXPORTS)}")
-    out = Path(out)
-    feedback_dir = Path(feedback_dir) if feedback_dir else out.parent / f"{out.stem}-feedback"
-    feedback_dir.mkdir(parents=True, exist_ok=True)
+    return mode
+
+
+def _batch_todo(a: Assignment, submissions: list[Path], shard, feedback_dir: Path, rows: dict, resume: bool):
+    """(student -> path for this batch or slice, the submissions still to grade). ``resume`` skips
+    a student whose row has the same checksum and refuses a file that stopped the grader before."""
     ids: dict[str, Path] = {}
     for p in map(Path, submissions):
         sid = student_id(p, a)
@@ -709,7 +806,6 @@ def grade_batch(
         ids[sid] = p
     if shard is not None:
         ids = {sid: p for sid, p in ids.items() if in_shard(sid, shard)}
-    rows = read_gradebook(out) if resume else {}
     todo = []
     for sid, p in ids.items():
         sub = probe(p, sid)
@@ -720,47 +816,19 @@ def grade_batch(
             sub.refused = ("the grader itself stopped while grading this file in an earlier run (out of memory, or killed); "
                            "it was not retried: grade it alone to see why")
         todo.append(sub)
-    lock = threading.Lock()
+    return ids, todo
 
-    def one(sub: Submission) -> dict:
-        marker = feedback_dir / f".{sub.student}.started"
-        atomic_write(marker, lambda f: f.write(_fingerprint(sub).encode()))
-        try:
-            try:
-                fb = grade_submission(a, sub, limits, mode, seed, zygote)
-            except Exception as exc:  # noqa: BLE001 - never lose the batch to one file: the row says what happened
-                fb = _finish({"student": sub.student, "assignment": a.key, "submission": str(sub.path), "sha256": sub.sha256,
-                              "isolation": "bubblewrap" if mode == "bwrap" else NOT_ISOLATED, "seed": seed, "notes": [],
-                              "cells": [], "output": ""},
-                             {q.name: QuestionResult(q.name, q.n_cases, [{"ok": False, "message": FAILED_FILE}] * q.n_cases)
-                              for q in a.questions}, time.monotonic(),
-                             f"grader error: {type(exc).__name__}: {str(exc)[:300]}")
-            private = fb.pop("instructor", {})
-            with lock:  # feedback first, then the gradebook row: a crash never leaves a row without its feedback
-                save_json(fb, feedback_dir / f"{fb['student']}.json")
-                save_json(private, feedback_dir / INSTRUCTOR_DIR / f"{fb['student']}.json")
-                for name in exports:
-                    EXPORTS[name](a, fb, out, feedback_dir)
-                rows[fb["student"]] = row_of(fb, private)
-                write_gradebook(out, a, rows)
-        except BaseException:
-            marker.unlink(missing_ok=True)  # an interruption of the grader, not the file's doing: retry it next time
-            raise
-        marker.unlink(missing_ok=True)
-        return fb
 
-    from tqdm.auto import tqdm
+def _failed_feedback(a: Assignment, sub: Submission, mode: str, seed: int | None, exc: Exception) -> dict:
+    """The feedback of a file the grader itself failed on: every case says so."""
+    return _finish({"student": sub.student, "assignment": a.key, "submission": str(sub.path), "sha256": sub.sha256,
+                    "isolation": "bubblewrap" if mode == "bwrap" else NOT_ISOLATED, "seed": seed, "notes": [], "cells": [], "output": ""},
+                   {q.name: QuestionResult(q.name, q.n_cases, [{"ok": False, "message": FAILED_FILE}] * q.n_cases) for q in a.questions},
+                   time.monotonic(), f"grader error: {type(exc).__name__}: {str(exc)[:300]}")
 
-    limits = limits or Limits()
-    zygote = Zygote(sanitized_root(a.library), limits) if fork and mode == "bwrap" and todo else None
-    try:
-        with ThreadPoolExecutor(max_workers=jobs) as pool:
-            futures = [pool.submit(one, sub) for sub in todo]
-            for fut in tqdm(as_completed(futures), total=len(futures), desc=f"grading {a.key}", disable=not progress):
-                fut.result()
-    finally:
-        if zygote is not None:
-            zygote.close()
+
+def _finish_batch(a: Assignment, rows: dict, out: Path, feedback_dir: Path, exports: tuple[str, ...], shard, ids: dict) -> None:
+    """The gradebook, the similarity report and the exports of the whole batch; a slice's record last."""
     write_gradebook(out, a, rows)
     write_similarity(a, rows, feedback_dir, out)
     if "canvas" in exports:
@@ -768,7 +836,6 @@ def grade_batch(
     if shard is not None:  # the slice is complete: say so, last
         save_json({"assignment": a.key, "shard": list(shard), "students": sorted(ids), "gradebook": out.name,
                    "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}, shard_record_path(out))
-    return rows
 
 
 def merge_gradebooks(gradebooks: list[Path], out: Path, *, exports: tuple[str, ...] = ()) -> dict[str, dict]:

@@ -157,6 +157,16 @@ def grading_meta(cell) -> dict:
     return {"kind": meta["kind"], "id": meta["id"], "questions": [q for q in qs if isinstance(q, str)] if isinstance(qs, list) else []}
 
 
+def _is_python(data: bytes) -> bool:
+    """Whether ``data`` is Python source (a script or a jupytext ``# %%`` file), not JSON."""
+    try:
+        text = data.decode("utf-8")
+        ast.parse(as_python(text))
+    except (UnicodeDecodeError, SyntaxError, ValueError, RecursionError, MemoryError):
+        return False
+    return bool(text.strip()) and not text.lstrip().startswith(("{", "["))
+
+
 def read_submission(data: bytes) -> tuple[nbformat.NotebookNode, list[str]]:
     """Parse a submitted notebook's bytes without executing anything. Returns (notebook, notes)."""
     notes: list[str] = []
@@ -168,6 +178,9 @@ def read_submission(data: bytes) -> tuple[nbformat.NotebookNode, list[str]]:
     except UnicodeDecodeError:
         raise NotebookError("not a notebook: the file is not UTF-8 text (a binary or a corrupted file?)") from None
     except json.JSONDecodeError as exc:
+        if _is_python(data):
+            raise NotebookError("not a notebook: this is a Python script saved with the .ipynb extension; open the notebook you "
+                                "worked in, in Jupyter, and submit that .ipynb file (File > Download)") from None
         truncated = "" if data.rstrip().endswith(b"}") else " The file ends early: was it truncated while saving or uploading?"
         raise NotebookError(f"not a notebook: invalid JSON at line {exc.lineno}, column {exc.colno} ({exc.msg}).{truncated}") from None
     except RecursionError:
