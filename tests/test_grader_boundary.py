@@ -633,3 +633,56 @@ def test_the_self_check_warns_when_an_answer_calls_the_library(capsys):
     out = capsys.readouterr().out
     assert "it calls the library's ddpmkit.schedules.make_betas, the function you are asked to write" in out
     assert not selfcheck.passed("cosine_betas")
+
+
+# ---- more of a class's odd notebooks, each with its exact points and message -------------------------------
+ODD = {
+    "exit_in_cell": ({}, ["raise SystemExit(3)"], F1, {}),
+    "exit_in_call": ({"cosine_betas": "import sys\ndef cosine_betas(T, s=0.008):\n    sys.exit(1)\n"}, [], {**F1, "cosine_betas": 0},
+                     {"cosine_betas": "raised SystemExit"}),
+    "segfault": ({"q_sample": "import ctypes\ndef q_sample(x0, t, noise, betas):\n    ctypes.string_at(0)\n"}, [], {**F1, "q_sample": 0},
+                 {"q_sample": "a segmentation fault"}),
+    "recursion": ({"cosine_betas": "def cosine_betas(T, s=0.008):\n    return cosine_betas(T, s)\n"}, [], {**F1, "cosine_betas": 0},
+                  {"cosine_betas": "RecursionError"}),
+    "memory_hog": ({"q_posterior_mean_variance": "def q_posterior_mean_variance(x0, x_t, t, betas):\n    return torch.ones(10**10), 0\n"}, [],
+                   {**F1, "q_posterior_mean_variance": 0}, {"q_posterior_mean_variance": "raised"}),
+    "syntax_error": ({"q_sample": "def q_sample(x0, t, noise, betas):\n    return x0 +\n"}, [], {**F1, "q_sample": 0},
+                     {"q_sample": "its cell failed before defining it: SyntaxError"}),
+    "nan": ({"q_sample": "def q_sample(x0, t, noise, betas):\n    return x0 * float('nan')\n"}, [], {**F1, "q_sample": 0},
+            {"q_sample": "has NaN values"}),
+    "print_flood": ({}, ["import sys\nfor _ in range(50):\n    sys.stdout.write('x' * 2**20)\n"], F1, {}),
+    "top_level_await": ({}, ["import asyncio\nawait asyncio.sleep(0)\nprint('AWAITED')"], F1, {}),
+    "noisy_thread": ({}, [("import threading, time\ndef spam():\n    while True:\n        print('spam')\n        time.sleep(0.01)\n"
+                           "threading.Thread(target=spam, daemon=True).start()")], F1, {}),
+    "patches_numpy": ({"q_sample": "def q_sample(x0, t, noise, betas):\n    abar = torch.cumprod(1 - betas, 0)[t].reshape(-1, *([1] * (x0.dim() - 1))).float()\n"
+                                   "    x0.mul_(abar.sqrt())\n    return x0 + (1 - abar).sqrt() * noise\n"},
+                      ["import numpy as np\nnp.array_equal = lambda *a, **k: True\ntorch.equal = lambda *a, **k: True"], {**F1, "q_sample": 0},
+                      {"q_sample": "modified its input argument(s) 1 in place"}),
+    "returns_list": ({"cosine_betas": "def cosine_betas(T, s=0.008):\n    return [0.1] * T\n"}, [], {**F1, "cosine_betas": 0},
+                     {"cosine_betas": "returned"}),
+}
+
+
+@pytest.fixture(scope="module")
+def odd(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("odd")
+    paths = [notebook(tmp, "a1", name, replace=rep, add=add) for name, (rep, add, _, _) in ODD.items()]
+    grade_batch("a1", paths, tmp / "a1.csv", jobs=2, limits=Limits(timeout=60, question_timeout=20), isolation=MODE, seed=6, progress=False)
+    return {p.stem: json.loads((tmp / "a1-feedback" / f"{p.stem}.json").read_text()) for p in paths}
+
+
+@needs_bwrap
+@pytest.mark.parametrize("name", sorted(ODD))
+def test_odd_notebooks_get_exactly_their_points(odd, name):
+    fb = odd[name]
+    _, _, points, words = ODD[name]
+    assert pts(fb) == points, (fb["status"], fb["cells"], {q: msgs(fb, q) for q in points})
+    for q, word in words.items():
+        assert word in msgs(fb, q), msgs(fb, q)
+
+
+@needs_bwrap
+def test_what_odd_notebooks_print_is_kept_and_counted(odd):
+    assert any("the notebook printed 50.0 MB; only the first 64 KB are kept" in n for n in odd["print_flood"]["notes"])
+    assert "AWAITED" in odd["top_level_await"]["output"]
+    assert [c["cell"] for c in odd["exit_in_cell"]["cells"]] and "SystemExit" in odd["exit_in_cell"]["cells"][0]["error"]
