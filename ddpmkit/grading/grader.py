@@ -130,6 +130,7 @@ class Transcript:
     failures: dict[str, str] = field(default_factory=dict)  # question -> why its remaining cases were not answered
     notes: list[str] = field(default_factory=list)
     helpers: dict[str, int] = field(default_factory=dict)  # question -> calls answered by a reference helper
+    given: dict[str, float] = field(default_factory=dict)  # question -> seconds it was given (its share of the budget)
     output: str = ""
     output_bytes: int = 0
     status: str = "graded"
@@ -292,6 +293,7 @@ def _run_calls(session: Session, a: Assignment, questions: list[Question], cases
     for j, q in enumerate(questions):
         qi = a.questions.index(q)  # the position in the assignment, not in this run: the same after a restart
         q_end = question_end(limits, len(a.questions), len(questions) - j - 1, budget_end)
+        tr.given[q.name] = q_end - time.monotonic()
         for k, case in enumerate(cases[q.name]):
             spec, arrays = encode_case(case)
             nonce = secrets.token_hex(16)  # the answer must carry it: nothing written before this call can
@@ -327,13 +329,13 @@ def _one_session(session: Session, a: Assignment, plan: notebooks.Plan, pending:
     return cells, crashed, garbled, result
 
 
-def _ending(garbled: str | None, result: RunResult, limits: Limits, budget_end: float) -> str:
+def _ending(garbled: str | None, result: RunResult, limits: Limits, budget_end: float, given: float | None = None) -> str:
     """How a run ended, in words for the student."""
     if garbled:
         return f"sent the grader {garbled} (something wrote into the harness's pipe)"
     if result.timed_out and time.monotonic() >= budget_end - 0.5:
         return f"used up the submission's time budget of {limits.timeout:.0f} s"
-    return result.ending(limits, min(limits.question_timeout, limits.timeout))
+    return result.ending(limits, given if given is not None else min(limits.question_timeout, limits.timeout))
 
 
 def run(a: Assignment, plan: notebooks.Plan, cases: dict[str, list[Case]], limits: Limits, mode, seed: int,
@@ -378,7 +380,7 @@ def run(a: Assignment, plan: notebooks.Plan, cases: dict[str, list[Case]], limit
             if result.output_bytes > limits.output_kb * 1024:
                 tr.notes.append(f"the notebook printed {result.output_bytes / 2**20:.1f} MB; only the first {limits.output_kb} KB are kept")
         first = False
-        ending = _ending(garbled, result, limits, budget_end)
+        ending = _ending(garbled, result, limits, budget_end, tr.given.get(crashed) if crashed else None)
         if not cells.done:  # the process ended before the calls: nothing more can run
             for q in pending:
                 tr.failures[q.name] = f"not graded: the notebook {ending} while running {cells.label or 'its first cell'}"
