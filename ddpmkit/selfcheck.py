@@ -27,6 +27,7 @@ def _find(name: str):
 def _library_codes(paths: tuple[str, ...]) -> dict:
     """The code objects of the library functions an assignment withholds from the grader, by name."""
     import importlib
+    import inspect
 
     codes = {}
     for path in paths:
@@ -38,7 +39,7 @@ def _library_codes(paths: tuple[str, ...]) -> dict:
                 continue
             for attr in parts[i:]:
                 obj = getattr(obj, attr)
-            codes[obj.__code__] = path
+            codes[inspect.unwrap(obj).__code__] = path  # the function's own code, not a decorator's shared wrapper
             break
     return codes
 

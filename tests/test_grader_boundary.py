@@ -689,3 +689,14 @@ def test_what_odd_notebooks_print_is_kept_and_counted(odd):
     assert any("the notebook printed 50.0 MB; only the first 64 KB are kept" in n for n in odd["print_flood"]["notes"])
     assert "AWAITED" in odd["top_level_await"]["output"]
     assert [c["cell"] for c in odd["exit_in_cell"]["cells"]] and "SystemExit" in odd["exit_in_cell"]["cells"][0]["error"]
+
+
+def test_the_self_checks_library_watch_knows_each_function_by_its_own_code():
+    """Decorated library functions (``@torch.no_grad()``) share a wrapper's code object with every
+    other decorated function; the self-check watches each function's own code, so a student's
+    decorated answer is not mistaken for the library's."""
+    from ddpmkit.selfcheck import _library_codes
+
+    for a in ASSIGNMENTS.values():
+        codes = _library_codes(a.library)
+        assert len(codes) == len(a.library) and all(c.co_name != "decorate_context" for c in codes), a.key
