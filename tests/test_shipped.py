@@ -127,4 +127,7 @@ def test_unet_weights_saved_before_the_explicit_levels_still_load():
     net.load_state_dict({k: v for k, v in saved.items() if not k.startswith("_")})  # strict: every key placed
     with torch.no_grad():
         out = net(saved["_input.x"], saved["_input.t"], saved["_input.y"])
-    assert torch.equal(out, saved["_output"])
+    # float32 rounding differs between CPUs (AVX2 on AMD, AVX-512 on Intel: 7.7e-7 on an output of scale 2.1);
+    # a block loaded into the wrong place changes the output by O(1)
+    err = float((out - saved["_output"]).abs().max())
+    assert err <= 1e-5 * float(saved["_output"].abs().max()), err
